@@ -1,0 +1,206 @@
+//! The export pipeline: source → plan → reassembly → sink.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::Format;
+use crate::digest::Digest;
+use crate::io::{EngineFactory, IoMode};
+use crate::model::{Image, Layer};
+use crate::reassembly::{measure_layer, rebuild_layer};
+use crate::sink::output::Output;
+use crate::sink::plan::{media_type, BlobInfo};
+use crate::sink::writer::{write_archive, BlobProducer, Progress};
+use crate::sink::{docker_archive, oci_dir};
+use crate::source::overlay2::Overlay2Store;
+use crate::source::ImageStore;
+
+/// Everything an export needs to know.
+pub struct ExportRequest {
+    pub images: Vec<String>,
+    pub data_root: PathBuf,
+    pub output: Option<PathBuf>,
+    pub format: Format,
+    pub io_mode: IoMode,
+    pub jobs: usize,
+    pub show_progress: bool,
+}
+
+/// The images to export and their distinct layers.
+pub struct ExportSet {
+    pub images: Vec<Image>,
+    /// Each input as typed, with the image it named.
+    pub inputs: Vec<(String, Digest)>,
+    /// Distinct layers by diff_id, in order of first appearance.
+    pub layers: Vec<Layer>,
+}
+
+impl ExportSet {
+    /// Looks every input up; images named twice are exported once with all their tags.
+    pub fn resolve(store: &dyn ImageStore, inputs: &[String]) -> Result<Self> {
+        let mut images: Vec<Image> = Vec::new();
+        let mut resolved = Vec::new();
+        for input in inputs {
+            let image = store.lookup(input)?;
+            resolved.push((input.clone(), image.id));
+            match images.iter_mut().find(|i| i.id == image.id) {
+                Some(existing) => {
+                    for tag in image.tags {
+                        if !existing.tags.contains(&tag) {
+                            existing.tags.push(tag);
+                        }
+                    }
+                }
+                None => images.push(image),
+            }
+        }
+        let mut seen = HashMap::new();
+        let mut layers = Vec::new();
+        for layer in images.iter().flat_map(|i| &i.layers) {
+            seen.entry(layer.diff_id).or_insert_with(|| {
+                layers.push(layer.clone());
+                layers.len() - 1
+            });
+        }
+        Ok(ExportSet {
+            images,
+            inputs: resolved,
+            layers,
+        })
+    }
+}
+
+/// Rebuilds layers for the writer, one engine per call.
+struct LayerProducer<'a> {
+    layers: &'a [Layer],
+    sizes: &'a [u64],
+    engines: EngineFactory,
+}
+
+impl BlobProducer for LayerProducer<'_> {
+    fn produce(&self, index: usize, out: &mut dyn Write) -> Result<()> {
+        let mut engine = self.engines.create()?;
+        rebuild_layer(&self.layers[index], self.sizes[index], engine.as_mut(), out)
+    }
+}
+
+/// Measures every layer (pass 1 over tar-split), `jobs` at a time.
+fn measure_all(layers: &[Layer], jobs: usize) -> Result<Vec<u64>> {
+    let results: Mutex<Vec<Option<Result<u64>>>> =
+        Mutex::new((0..layers.len()).map(|_| None).collect());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, layers.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(layer) = layers.get(i) else { return };
+                let r = measure_layer(layer).map(|m| m.tar_size);
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every layer measured"))
+        .collect()
+}
+
+/// Runs a whole export.
+pub fn run(req: &ExportRequest) -> Result<()> {
+    let store = Overlay2Store::open(&req.data_root)?;
+    let set = ExportSet::resolve(&store, &req.images)?;
+    let sizes = measure_all(&set.layers, req.jobs)?;
+
+    let blobs: Vec<BlobInfo> = set
+        .layers
+        .iter()
+        .zip(&sizes)
+        .map(|(layer, &size)| BlobInfo {
+            digest: layer.diff_id,
+            size,
+            media_type: media_type::OCI_LAYER_TAR,
+        })
+        .collect();
+    let blob_of: HashMap<Digest, usize> = set
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.diff_id, i))
+        .collect();
+    let plan = docker_archive::plan(&set.images, blobs, &blob_of);
+
+    let engines = EngineFactory::new(req.io_mode)?;
+    let producer = LayerProducer {
+        layers: &set.layers,
+        sizes: &sizes,
+        engines,
+    };
+    let progress = Progress::default();
+    let total: u64 = sizes.iter().sum();
+    let reporter = req
+        .show_progress
+        .then(|| crate::progress::Reporter::start(&progress, total));
+
+    let result = match req.format {
+        Format::Archive => {
+            let output = match &req.output {
+                Some(path) => Output::file(path, &req.data_root)?,
+                None => Output::stdout()?,
+            };
+            let len = write_archive(
+                &plan,
+                &producer,
+                output.file_handle(),
+                output.positional_base(),
+                req.jobs,
+                &progress,
+            )?;
+            confirm(&store, &set)?;
+            output.commit(len)
+        }
+        Format::OciDir => {
+            let Some(dir) = &req.output else {
+                bail!("--format oci-dir writes a directory: give it with -o DIR");
+            };
+            let plan = oci_dir::from_docker_plan(plan);
+            // The directory only appears after `confirm`, so write it under its temporary name
+            // and check before the final rename.
+            oci_dir::write_dir(
+                &plan,
+                &producer,
+                dir,
+                &req.data_root,
+                req.jobs,
+                &progress,
+                || confirm(&store, &set),
+            )
+        }
+    };
+    if let Some(r) = reporter {
+        r.finish(result.is_ok());
+    }
+    result
+}
+
+/// The storage must still hold what we exported: an image removed or re-tagged during the
+/// export makes the output describe something that no longer exists.
+fn confirm(store: &dyn ImageStore, set: &ExportSet) -> Result<()> {
+    for (input, id) in &set.inputs {
+        let image = set
+            .images
+            .iter()
+            .find(|i| i.id == *id)
+            .expect("resolved images are kept");
+        store
+            .confirm_unchanged(input, image)
+            .context("the image store changed during the export")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! The `docker save` archive (Docker v25+ layout), which `docker load`, skopeo
+//! (`docker-archive:` and `oci-archive:`), podman and `crane push` all read.
+//!
+//! ```text
+//! blobs/                       mtime: the image's `created`
+//! blobs/sha256/                mtime: epoch
+//! blobs/sha256/<hex>           layers (named by blob digest), configs (by image ID),
+//!                              OCI manifests; sorted by hex, as Docker's directory walk does
+//! index.json                   one descriptor per tag
+//! manifest.json                Docker's own manifest, with LayerSources for every layer
+//! oci-layout
+//! repositories                 legacy tag map, only when something was exported by tag
+//! ```
+//!
+//! Docker also writes a legacy "v1" JSON blob per layer that nothing references; we leave it
+//! out (see the README).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::oci_layout::{self, Descriptor};
+use super::plan::{BlobInfo, Body, Plan, PlanEntry};
+use crate::digest::Digest;
+use crate::model::Image;
+
+/// One image's line in `manifest.json`. Field order and names are Docker's.
+#[derive(Serialize)]
+struct ManifestItem {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags")]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+    #[serde(rename = "LayerSources")]
+    layer_sources: BTreeMap<Digest, LayerSource>,
+}
+
+/// distribution.Descriptor's field order: mediaType, size, digest.
+#[derive(Serialize)]
+struct LayerSource {
+    #[serde(rename = "mediaType")]
+    media_type: String,
+    size: u64,
+    digest: Digest,
+}
+
+fn blob_path(digest: &Digest) -> String {
+    format!("blobs/sha256/{}", digest.hex())
+}
+
+/// Lays out the archive. `blob_of` maps each layer diff_id to its index in `blobs`.
+pub fn plan(images: &[Image], blobs: Vec<BlobInfo>, blob_of: &HashMap<Digest, usize>) -> Plan {
+    // Blob entries keyed by hex so the final order is sorted, and each blob appears once.
+    let mut blob_entries: BTreeMap<String, PlanEntry> = BTreeMap::new();
+    let mut index_descriptors = Vec::new();
+    let mut manifest_items = Vec::new();
+    let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+
+    for image in images {
+        let mut layer_descriptors = Vec::with_capacity(image.layers.len());
+        let mut layer_sources = BTreeMap::new();
+        let mut layer_paths = Vec::with_capacity(image.layers.len());
+        for layer in &image.layers {
+            let index = blob_of[&layer.diff_id];
+            let blob = &blobs[index];
+            layer_descriptors.push(Descriptor::new(blob.media_type, blob.digest, blob.size));
+            layer_sources.insert(
+                layer.diff_id,
+                LayerSource {
+                    media_type: blob.media_type.to_string(),
+                    size: blob.size,
+                    digest: blob.digest,
+                },
+            );
+            layer_paths.push(blob_path(&blob.digest));
+            blob_entries.entry(blob.digest.hex()).or_insert(PlanEntry {
+                path: blob_path(&blob.digest),
+                mtime: image.created,
+                body: Body::Blob(index),
+            });
+        }
+
+        blob_entries.entry(image.id.hex()).or_insert(PlanEntry {
+            path: blob_path(&image.id),
+            mtime: image.created,
+            body: Body::Bytes(image.config.clone()),
+        });
+
+        let manifest = oci_layout::image_manifest(image, &layer_descriptors);
+        let manifest_digest = Digest::of(&manifest);
+        index_descriptors.extend(oci_layout::index_entries(image, &manifest));
+        blob_entries
+            .entry(manifest_digest.hex())
+            .or_insert(PlanEntry {
+                path: blob_path(&manifest_digest),
+                mtime: 0,
+                body: Body::Bytes(manifest),
+            });
+
+        if let Some(top) = image.layers.last() {
+            for tag in &image.tags {
+                if let Some(t) = &tag.tag {
+                    repositories
+                        .entry(tag.familiar_name())
+                        .or_default()
+                        .insert(t.clone(), top.diff_id.hex());
+                }
+            }
+        }
+        let repo_tags: Vec<String> = image.tags.iter().map(|t| t.familiar_string()).collect();
+        manifest_items.push(ManifestItem {
+            config: blob_path(&image.id),
+            repo_tags: (!repo_tags.is_empty()).then_some(repo_tags),
+            layers: layer_paths,
+            layer_sources,
+        });
+    }
+
+    let last_created = images.last().map_or(0, |i| i.created);
+    let mut entries = vec![
+        PlanEntry {
+            path: "blobs/".into(),
+            mtime: last_created,
+            body: Body::Directory,
+        },
+        PlanEntry {
+            path: "blobs/sha256/".into(),
+            mtime: 0,
+            body: Body::Directory,
+        },
+    ];
+    entries.extend(blob_entries.into_values());
+    entries.push(document(
+        "index.json",
+        oci_layout::index(&index_descriptors),
+    ));
+    let mut manifest_json = serde_json::to_vec(&manifest_items).expect("manifest.json serializes");
+    manifest_json.push(b'\n'); // Go's json.Encoder ends with a newline.
+    entries.push(document("manifest.json", manifest_json));
+    entries.push(document("oci-layout", oci_layout::OCI_LAYOUT.to_vec()));
+    if !repositories.is_empty() {
+        let mut repos = serde_json::to_vec(&repositories).expect("repositories serializes");
+        repos.push(b'\n');
+        entries.push(document("repositories", repos));
+    }
+    Plan { entries, blobs }
+}
+
+fn document(path: &str, bytes: Vec<u8>) -> PlanEntry {
+    PlanEntry {
+        path: path.into(),
+        mtime: 0,
+        body: Body::Bytes(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Layer, LayerContent};
+    use crate::reference::Reference;
+    use crate::sink::plan::media_type::OCI_LAYER_TAR;
+
+    fn layer(diff_id: Digest) -> Layer {
+        Layer {
+            diff_id,
+            content: LayerContent::TarSplit {
+                tar_split: "/nonexistent".into(),
+                file_root: "/nonexistent".into(),
+            },
+            origin: "test".into(),
+        }
+    }
+
+    #[test]
+    fn lays_out_like_docker_save() {
+        let l1 = Digest::of(b"layer one");
+        let l2 = Digest::of(b"layer two");
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+        let image = Image {
+            id: Digest::of(&config),
+            config,
+            created: 1_700_000_000,
+            tags: vec![Reference::parse("app:1.4").unwrap()],
+            // The same layer twice, as some images have.
+            layers: vec![layer(l1), layer(l2), layer(l1)],
+        };
+        let blobs = vec![
+            BlobInfo {
+                digest: l1,
+                size: 1024,
+                media_type: OCI_LAYER_TAR,
+            },
+            BlobInfo {
+                digest: l2,
+                size: 2048,
+                media_type: OCI_LAYER_TAR,
+            },
+        ];
+        let blob_of = HashMap::from([(l1, 0), (l2, 1)]);
+        let plan = plan(std::slice::from_ref(&image), blobs, &blob_of);
+
+        let paths: Vec<&str> = plan.entries.iter().map(|e| e.path.as_str()).collect();
+        let blob_paths: Vec<&str> = paths
+            .iter()
+            .copied()
+            .filter(|p| p.starts_with("blobs/sha256/") && p.len() > 13)
+            .collect();
+        let mut sorted = blob_paths.clone();
+        sorted.sort();
+        assert_eq!(blob_paths, sorted, "blobs are sorted by hex");
+        assert_eq!(
+            blob_paths.len(),
+            4,
+            "two layers (deduplicated), config, manifest"
+        );
+        assert_eq!(&paths[..2], ["blobs/", "blobs/sha256/"]);
+        assert_eq!(
+            &paths[paths.len() - 4..],
+            ["index.json", "manifest.json", "oci-layout", "repositories"]
+        );
+
+        let doc = |name: &str| match &plan.entries.iter().find(|e| e.path == name).unwrap().body {
+            Body::Bytes(b) => String::from_utf8(b.clone()).unwrap(),
+            _ => panic!(),
+        };
+        let manifest_json = doc("manifest.json");
+        assert!(manifest_json.starts_with(&format!(
+            r#"[{{"Config":"blobs/sha256/{}","RepoTags":["app:1.4"],"Layers":["blobs/sha256/{}","blobs/sha256/{}","blobs/sha256/{}"],"LayerSources":{{"#,
+            image.id.hex(), l1.hex(), l2.hex(), l1.hex()
+        )), "{manifest_json}");
+        assert!(manifest_json.ends_with("}]\n"));
+        assert_eq!(
+            doc("repositories"),
+            format!("{{\"app\":{{\"1.4\":\"{}\"}}}}\n", l1.hex())
+        );
+        assert_eq!(doc("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#);
+        let index = doc("index.json");
+        assert!(index.contains(r#""annotations":{"io.containerd.image.name":"docker.io/library/app:1.4","org.opencontainers.image.ref.name":"1.4"}"#), "{index}");
+    }
+}

@@ -1,0 +1,169 @@
+//! Where an archive goes: stdout, or a file that appears under its name only when complete.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Seek, SeekFrom};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::interrupt;
+
+/// An open destination for an archive.
+pub struct Output {
+    file: File,
+    /// Where the archive starts in `file`, when the file can be written at offsets (a regular
+    /// file): layers are then written in parallel, each at its known position.
+    positional_base: Option<u64>,
+    /// For `-o`: the temporary file beside the target, and the target.
+    rename: Option<(PathBuf, PathBuf)>,
+    committed: bool,
+}
+
+impl Output {
+    /// Standard output. Refuses a terminal, as `docker save` does.
+    pub fn stdout() -> Result<Self> {
+        let stdout = std::io::stdout();
+        if stdout.is_terminal() {
+            bail!("refusing to write an archive to a terminal; redirect stdout or use -o FILE");
+        }
+        let fd = stdout
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating stdout")?;
+        let mut file = File::from(fd);
+        let meta = file.metadata().context("inspecting stdout")?;
+        // A regular file opened without O_APPEND (`> out.tar`) can take positional writes.
+        // SAFETY: F_GETFL on a valid descriptor.
+        let flags = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_GETFL) };
+        let appending = flags >= 0 && flags & libc::O_APPEND != 0;
+        let positional_base = if meta.file_type().is_file() && !appending {
+            Some(file.stream_position().context("reading stdout's offset")?)
+        } else {
+            None
+        };
+        Ok(Output {
+            file,
+            positional_base,
+            rename: None,
+            committed: false,
+        })
+    }
+
+    /// A new file at `path`, written beside it and renamed into place by [`Output::commit`].
+    /// `forbidden` is the engine's data root, which we never write under.
+    pub fn file(path: &Path, forbidden: &Path) -> Result<Self> {
+        let target = absolute(path)?;
+        refuse_inside(&target, forbidden)?;
+        if let Ok(meta) = std::fs::symlink_metadata(&target) {
+            if meta.is_dir() {
+                bail!("{} is a directory", target.display());
+            }
+            if meta.file_type().is_char_device() || meta.file_type().is_fifo() {
+                bail!(
+                    "{} is a device or FIFO; write to it through stdout instead",
+                    target.display()
+                );
+            }
+        }
+        let dir = target.parent().unwrap_or(Path::new("/"));
+        let base = target
+            .file_name()
+            .with_context(|| format!("{} has no file name", target.display()))?
+            .to_string_lossy();
+        let temp = dir.join(format!(".{base}.{}.oci-export-partial", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&temp)
+            .with_context(|| format!("cannot create {}", temp.display()))?;
+        interrupt::register(&temp);
+        Ok(Output {
+            file,
+            positional_base: Some(0),
+            rename: Some((temp, target)),
+            committed: false,
+        })
+    }
+
+    pub fn file_handle(&self) -> &File {
+        &self.file
+    }
+
+    pub fn positional_base(&self) -> Option<u64> {
+        self.positional_base
+    }
+
+    /// Finishes: the archive is `len` bytes long. For `-o`, renames the temporary file into place.
+    pub fn commit(mut self, len: u64) -> Result<()> {
+        if let Some(base) = self.positional_base {
+            // Positional writes do not move the file offset; leave it after the archive, as a
+            // sequential writer would have.
+            self.file
+                .seek(SeekFrom::Start(base + len))
+                .context("setting the output offset")?;
+        }
+        if let Some((temp, target)) = &self.rename {
+            std::fs::rename(temp, target).with_context(|| {
+                format!("cannot rename {} to {}", temp.display(), target.display())
+            })?;
+            interrupt::unregister(temp);
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    /// An output that was not committed is removed (`-o`) or cut back to where it started
+    /// (stdout redirected to a file), so no partial archive is left behind.
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if let Some((temp, _)) = &self.rename {
+            let _ = std::fs::remove_file(temp);
+            interrupt::unregister(temp);
+        } else if let Some(base) = self.positional_base {
+            let _ = self.file.set_len(base);
+        }
+    }
+}
+
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        Ok(path.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()
+            .context("reading the current directory")?
+            .join(path))
+    }
+}
+
+/// Refuses any output path inside `forbidden` (the data root), symlinks resolved.
+pub fn refuse_inside(target: &Path, forbidden: &Path) -> Result<()> {
+    let Ok(forbidden) = forbidden.canonicalize() else {
+        return Ok(());
+    };
+    // The target may not exist yet: resolve its nearest existing ancestor.
+    let mut probe = target.to_path_buf();
+    let resolved = loop {
+        if let Ok(p) = probe.canonicalize() {
+            break p;
+        }
+        if !probe.pop() {
+            return Ok(());
+        }
+    };
+    if resolved.starts_with(&forbidden) {
+        bail!(
+            "refusing to write {} inside the engine's data root {}",
+            target.display(),
+            forbidden.display()
+        );
+    }
+    Ok(())
+}

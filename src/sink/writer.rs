@@ -1,0 +1,328 @@
+//! Writing a [`Plan`] as a tar archive, with layer blobs produced in parallel.
+//!
+//! Every size is known before the first byte is written, so the whole archive layout — each
+//! header and each blob's offset — is computed up front. Two strategies follow from that:
+//!
+//! - **Positional** (the output is a regular file): headers and documents are written at their
+//!   offsets, and each worker writes its layer straight into its own region with `pwrite`. Layers
+//!   are rebuilt and hashed fully in parallel, with no buffering between threads.
+//! - **Streaming** (a pipe, a socket, `/dev/null`): bytes must leave in order. Workers rebuild
+//!   layers ahead into bounded channels (`STREAM_DEPTH` blocks each) while the main thread writes
+//!   the current one, so memory stays bounded whatever the image size.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::plan::{Body, Plan};
+use super::tar;
+
+/// Produces blob bytes on demand; called from worker threads.
+pub trait BlobProducer: Sync {
+    /// Writes blob `index` of the plan, exactly its planned size, to `out`.
+    fn produce(&self, index: usize, out: &mut dyn Write) -> Result<()>;
+}
+
+/// Bytes written so far, for progress reporting.
+#[derive(Default)]
+pub struct Progress {
+    pub bytes: std::sync::Arc<AtomicU64>,
+}
+
+/// Blocks buffered per layer in streaming mode (each up to 1 MiB as the reassembler writes them).
+const STREAM_DEPTH: usize = 8;
+
+struct Placed {
+    header: Vec<u8>,
+    data_offset: u64,
+    size: u64,
+}
+
+/// The archive's layout: where each entry's header and data go, and the total length.
+fn layout(plan: &Plan) -> (Vec<Placed>, u64) {
+    let mut offset = 0;
+    let mut placed = Vec::with_capacity(plan.entries.len());
+    for entry in &plan.entries {
+        let size = plan.body_size(&entry.body);
+        let kind = match entry.body {
+            Body::Directory => tar::Kind::Directory,
+            _ => tar::Kind::RegularFile,
+        };
+        let header = tar::header(&entry.path, kind, size, entry.mtime);
+        let data_offset = offset + header.len() as u64;
+        offset = data_offset + size + tar::padding(size);
+        placed.push(Placed {
+            header,
+            data_offset,
+            size,
+        });
+    }
+    // End of archive: two zero blocks, as Go's tar writer ends it.
+    (placed, offset + 2 * tar::BLOCK)
+}
+
+/// Writes the archive to `file`; returns its length.
+pub fn write_archive(
+    plan: &Plan,
+    producer: &dyn BlobProducer,
+    file: &File,
+    positional_base: Option<u64>,
+    jobs: usize,
+    progress: &Progress,
+) -> Result<u64> {
+    let (placed, total) = layout(plan);
+    match positional_base {
+        Some(base) => write_positional(plan, &placed, total, producer, file, base, jobs, progress)?,
+        None => write_streaming(plan, &placed, producer, file, jobs, progress)?,
+    }
+    Ok(total)
+}
+
+/// The blob indices in the order they appear in the archive.
+fn blob_order(plan: &Plan) -> Vec<(usize, usize)> {
+    plan.entries
+        .iter()
+        .enumerate()
+        .filter_map(|(pos, e)| match e.body {
+            Body::Blob(i) => Some((pos, i)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_positional(
+    plan: &Plan,
+    placed: &[Placed],
+    total: u64,
+    producer: &dyn BlobProducer,
+    file: &File,
+    base: u64,
+    jobs: usize,
+    progress: &Progress,
+) -> Result<()> {
+    reserve(file, base, total)?;
+    // Headers, small documents and padding first: cheap, and all at known offsets.
+    for (entry, p) in plan.entries.iter().zip(placed) {
+        let header_offset = p.data_offset - p.header.len() as u64;
+        file.write_all_at(&p.header, base + header_offset)
+            .context("writing the archive")?;
+        if let Body::Bytes(bytes) = &entry.body {
+            file.write_all_at(bytes, base + p.data_offset)
+                .context("writing the archive")?;
+        }
+        let pad = tar::padding(p.size) as usize;
+        if pad > 0 {
+            file.write_all_at(&[0u8; 512][..pad], base + p.data_offset + p.size)
+                .context("writing the archive")?;
+        }
+    }
+    file.write_all_at(&[0u8; 1024], base + total - 1024)
+        .context("writing the archive")?;
+
+    let order = blob_order(plan);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, order.len().max(1)) {
+            scope.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Some(&(pos, blob)) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    return;
+                };
+                let mut out = PositionalWriter {
+                    file,
+                    offset: base + placed[pos].data_offset,
+                    end: base + placed[pos].data_offset + placed[pos].size,
+                    progress,
+                };
+                if let Err(e) = producer.produce(blob, &mut out) {
+                    failed.store(true, Ordering::Relaxed);
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                    return;
+                }
+                if out.offset != out.end {
+                    failed.store(true, Ordering::Relaxed);
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(anyhow!("blob {} ended early", plan.blobs[blob].digest));
+                    return;
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Reserves the space up front, so a full disk is reported before work is done.
+fn reserve(file: &File, base: u64, total: u64) -> Result<()> {
+    // SAFETY: fallocate on a valid descriptor with in-range values.
+    let r = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            0,
+            base as libc::off_t,
+            total as libc::off_t,
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => {
+                file.set_len(base + total)
+                    .context("sizing the output file")?;
+            }
+            _ => return Err(e).context(format!("cannot reserve {total} bytes for the output")),
+        }
+    }
+    Ok(())
+}
+
+/// Writes a blob into its region of the output file.
+struct PositionalWriter<'a> {
+    file: &'a File,
+    offset: u64,
+    end: u64,
+    progress: &'a Progress,
+}
+
+impl Write for PositionalWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.offset + buf.len() as u64 > self.end {
+            return Err(io::Error::other("blob is larger than planned"));
+        }
+        self.file.write_all_at(buf, self.offset)?;
+        self.offset += buf.len() as u64;
+        self.progress
+            .bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a streaming worker sends: data blocks, then nothing (success) or an error.
+type Block = Result<Vec<u8>, String>;
+
+fn write_streaming(
+    plan: &Plan,
+    placed: &[Placed],
+    producer: &dyn BlobProducer,
+    file: &File,
+    jobs: usize,
+    progress: &Progress,
+) -> Result<()> {
+    let order = blob_order(plan);
+    let mut senders: Vec<Option<SyncSender<Block>>> = Vec::new();
+    let mut receivers: Vec<Option<Receiver<Block>>> = Vec::new();
+    for _ in &order {
+        let (tx, rx) = sync_channel(STREAM_DEPTH);
+        senders.push(Some(tx));
+        receivers.push(Some(rx));
+    }
+    let senders = Mutex::new(senders);
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let mut out = file;
+
+    std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..jobs.clamp(1, order.len().max(1)) {
+            scope.spawn(|| loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(_, blob)) = order.get(k) else {
+                    return;
+                };
+                let Some(tx) = senders.lock().unwrap_or_else(|p| p.into_inner())[k].take() else {
+                    return;
+                };
+                let mut writer = ChannelWriter { tx: &tx };
+                if let Err(e) = producer.produce(blob, &mut writer) {
+                    // The receiver may be gone already (the writer failed); nothing to add then.
+                    let _ = tx.send(Err(format!("{e:#}")));
+                    return;
+                }
+            });
+        }
+
+        let result = (|| -> Result<()> {
+            let mut k = 0;
+            for (entry, p) in plan.entries.iter().zip(placed) {
+                out.write_all(&p.header).context("writing the archive")?;
+                match &entry.body {
+                    Body::Directory => {}
+                    Body::Bytes(bytes) => out.write_all(bytes).context("writing the archive")?,
+                    Body::Blob(blob) => {
+                        let rx = receivers[k].take().expect("each blob is received once");
+                        k += 1;
+                        let mut written = 0u64;
+                        for block in rx.iter() {
+                            let block = block.map_err(|e| anyhow!(e))?;
+                            out.write_all(&block).context("writing the archive")?;
+                            written += block.len() as u64;
+                            progress
+                                .bytes
+                                .fetch_add(block.len() as u64, Ordering::Relaxed);
+                        }
+                        if written != p.size {
+                            bail!(
+                                "blob {} produced {written} of {} bytes",
+                                plan.blobs[*blob].digest,
+                                p.size
+                            );
+                        }
+                    }
+                }
+                let pad = tar::padding(p.size) as usize;
+                out.write_all(&[0u8; 512][..pad])
+                    .context("writing the archive")?;
+            }
+            out.write_all(&[0u8; 1024]).context("writing the archive")?;
+            Ok(())
+        })();
+        if result.is_err() {
+            // Unblock and stop the workers: dropping receivers makes their sends fail.
+            stop.store(true, Ordering::Relaxed);
+            receivers.clear();
+        }
+        result
+    })
+}
+
+/// Sends a worker's output to the writing thread.
+struct ChannelWriter<'a> {
+    tx: &'a SyncSender<Block>,
+}
+
+impl Write for ChannelWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx
+            .send(Ok(buf.to_vec()))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "archive writer stopped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

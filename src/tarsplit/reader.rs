@@ -1,0 +1,396 @@
+//! Streaming parser: gzip → JSON lines → validated [`Entry`] values.
+
+use std::collections::HashSet;
+use std::io::{self, BufRead, BufReader, Read};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use flate2::read::GzDecoder;
+use serde::Deserialize;
+
+use super::entry::{Entry, FileEntry};
+
+/// tar-split's entry type numbers (`tar/storage/entry.go`).
+const FILE_TYPE: i64 = 1;
+const SEGMENT_TYPE: i64 = 2;
+
+/// No single member can be larger than this (16 TiB, ext4's and XFS's practical file limit).
+/// Anything above is corruption or a forgery, refused before any I/O is attempted.
+pub const MAX_FILE_SIZE: u64 = 1 << 44;
+/// A JSON line longer than this is not something tar-split writes (segments are at most ~1 MiB
+/// of raw bytes, i.e. ~1.4 MiB of base64); refusing it bounds memory on hostile input.
+const MAX_LINE_LEN: usize = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TarSplitError {
+    #[error("reading tar-split (gzip stream damaged or truncated?): {0}")]
+    Io(#[from] io::Error),
+    #[error("tar-split line {line}: {reason}")]
+    Malformed { line: u64, reason: String },
+    #[error(
+        "tar-split line {line}: duplicate path {name:?} (tar-split never records a path twice)"
+    )]
+    DuplicatePath { line: u64, name: String },
+    #[error("tar-split ends without its end-of-archive segment (truncated?)")]
+    Truncated,
+}
+
+/// The JSON shape of one line. Unknown fields are ignored, as Go's decoder does.
+#[derive(Deserialize)]
+struct RawEntry {
+    #[serde(rename = "type")]
+    kind: i64,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    name_raw: Option<String>,
+    #[serde(default)]
+    size: Option<i64>,
+    #[serde(default)]
+    payload: Option<String>,
+}
+
+/// Reads a tar-split stream entry by entry.
+///
+/// Besides the JSON shape, it enforces what tar-split's own unpacker enforces (no duplicate
+/// cleaned paths) and what replaying needs (CRC present for non-empty files, sane sizes).
+pub struct TarSplitReader<R: Read> {
+    input: BufReader<R>,
+    line: Vec<u8>,
+    line_no: u64,
+    seen: HashSet<Vec<u8>>,
+    saw_segment_last: bool,
+    done: bool,
+}
+
+impl<R: Read> TarSplitReader<TarSplitReaderInput<R>> {
+    /// Reads a gzip-compressed tar-split (`tar-split.json.gz`).
+    pub fn gzipped(input: R) -> Self {
+        Self::new(TarSplitReaderInput::Gzip(Box::new(GzDecoder::new(input))))
+    }
+
+    /// Reads an uncompressed tar-split JSON stream.
+    pub fn plain(input: R) -> Self {
+        Self::new(TarSplitReaderInput::Plain(input))
+    }
+}
+
+/// The input of a [`TarSplitReader`]: a gzip or an already decompressed stream.
+pub enum TarSplitReaderInput<R: Read> {
+    Gzip(Box<GzDecoder<R>>),
+    Plain(R),
+}
+
+impl<R: Read> Read for TarSplitReaderInput<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            TarSplitReaderInput::Gzip(g) => g.read(buf),
+            TarSplitReaderInput::Plain(p) => p.read(buf),
+        }
+    }
+}
+
+impl<R: Read> TarSplitReader<R> {
+    fn new(input: R) -> Self {
+        TarSplitReader {
+            input: BufReader::with_capacity(256 << 10, input),
+            line: Vec::with_capacity(4096),
+            line_no: 0,
+            seen: HashSet::new(),
+            saw_segment_last: false,
+            done: false,
+        }
+    }
+
+    /// The next entry, `Ok(None)` at a clean end of stream.
+    pub fn next_entry(&mut self) -> Result<Option<Entry>, TarSplitError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            self.line.clear();
+            let n = (&mut self.input)
+                .take(MAX_LINE_LEN as u64 + 1)
+                .read_until(b'\n', &mut self.line)?;
+            if n == 0 {
+                self.done = true;
+                // Every archive tar-split records ends with the end-of-archive segment; a stream
+                // whose last record is a file entry was cut short.
+                if !self.saw_segment_last {
+                    return Err(TarSplitError::Truncated);
+                }
+                return Ok(None);
+            }
+            self.line_no += 1;
+            if self.line.len() > MAX_LINE_LEN {
+                return Err(self.malformed(format!("line longer than {MAX_LINE_LEN} bytes")));
+            }
+            let text = trim_ascii(&self.line);
+            if text.is_empty() {
+                continue;
+            }
+            let raw: RawEntry = serde_json::from_slice(text)
+                .map_err(|e| self.malformed(format!("invalid JSON: {e}")))?;
+            let entry = self.validate(raw)?;
+            self.saw_segment_last = matches!(entry, Entry::Segment(_));
+            return Ok(Some(entry));
+        }
+    }
+
+    fn validate(&mut self, raw: RawEntry) -> Result<Entry, TarSplitError> {
+        let payload = match &raw.payload {
+            Some(p) => Some(
+                BASE64
+                    .decode(p)
+                    .map_err(|e| self.malformed(format!("payload is not base64: {e}")))?,
+            ),
+            None => None,
+        };
+        match raw.kind {
+            SEGMENT_TYPE => Ok(Entry::Segment(payload.unwrap_or_default())),
+            FILE_TYPE => {
+                let name = match (raw.name_raw, raw.name) {
+                    (Some(b64), _) => BASE64
+                        .decode(b64)
+                        .map_err(|e| self.malformed(format!("name_raw is not base64: {e}")))?,
+                    (None, Some(name)) => name.into_bytes(),
+                    (None, None) => return Err(self.malformed("file entry without a name".into())),
+                };
+                if name.is_empty() || name.contains(&0) {
+                    return Err(
+                        self.malformed("file entry with an empty name or a NUL byte".into())
+                    );
+                }
+                let size = raw.size.unwrap_or(0);
+                if size < 0 || size as u64 > MAX_FILE_SIZE {
+                    return Err(self.malformed(format!(
+                        "file {:?} has an impossible size {size}",
+                        String::from_utf8_lossy(&name)
+                    )));
+                }
+                let size = size as u64;
+                let crc64 = match (size, payload) {
+                    (0, _) => None,
+                    (_, Some(p)) if p.len() == 8 => {
+                        Some(u64::from_be_bytes(p.try_into().expect("length checked")))
+                    }
+                    (_, _) => {
+                        return Err(self.malformed(format!(
+                            "file {:?} of {size} bytes lacks its 8-byte CRC-64 payload",
+                            String::from_utf8_lossy(&name)
+                        )))
+                    }
+                };
+                if !self.seen.insert(clean_path(&name)) {
+                    return Err(TarSplitError::DuplicatePath {
+                        line: self.line_no,
+                        name: String::from_utf8_lossy(&name).into_owned(),
+                    });
+                }
+                Ok(Entry::File(FileEntry { name, size, crc64 }))
+            }
+            other => Err(self.malformed(format!("unknown entry type {other}"))),
+        }
+    }
+
+    fn malformed(&self, reason: String) -> TarSplitError {
+        TarSplitError::Malformed {
+            line: self.line_no,
+            reason,
+        }
+    }
+}
+
+impl<R: Read> Iterator for TarSplitReader<R> {
+    type Item = Result<Entry, TarSplitError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_entry() {
+            Ok(Some(e)) => Some(Ok(e)),
+            Ok(None) => None,
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn trim_ascii(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if first.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = s {
+        if last.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+/// Go's `filepath.Clean` on raw bytes: the key tar-split uses to spot duplicate paths.
+pub fn clean_path(path: &[u8]) -> Vec<u8> {
+    let rooted = path.first() == Some(&b'/');
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&c| c == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                if matches!(parts.last(), Some(p) if *p != b"..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push(part);
+                }
+            }
+            _ => parts.push(part),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    if rooted {
+        out.push(b'/');
+    }
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        out.extend_from_slice(part);
+    }
+    if out.is_empty() {
+        out.push(b'.');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(text: &str) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn parse(text: &str) -> Result<Vec<Entry>, TarSplitError> {
+        TarSplitReader::gzipped(&gz(text)[..]).collect()
+    }
+
+    #[test]
+    fn parses_the_shapes_docker_writes() {
+        let text = concat!(
+            r#"{"type":2,"payload":"aGVhZGVy","position":0}"#,
+            "\n",
+            r#"{"type":1,"name":"data/","payload":null,"position":1}"#,
+            "\n",
+            r#"{"type":1,"name":"data/new.txt","size":4,"payload":"YVqy3bAAAAA=","position":2}"#,
+            "\n",
+            r#"{"type":1,"name_raw":"/w==","position":3}"#,
+            "\n",
+            r#"{"type":2,"payload":"","position":4}"#,
+            "\n",
+        );
+        let entries = parse(text).unwrap();
+        assert_eq!(
+            entries,
+            vec![
+                Entry::Segment(b"header".to_vec()),
+                Entry::File(FileEntry {
+                    name: b"data/".to_vec(),
+                    size: 0,
+                    crc64: None
+                }),
+                Entry::File(FileEntry {
+                    name: b"data/new.txt".to_vec(),
+                    size: 4,
+                    crc64: Some(0x615ab2ddb0000000)
+                }),
+                Entry::File(FileEntry {
+                    name: vec![0xff],
+                    size: 0,
+                    crc64: None
+                }),
+                Entry::Segment(Vec::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_damage() {
+        let ok_end = "{\"type\":2,\"payload\":\"\"}\n";
+        let cases = [
+            ("not json\n", "invalid JSON"),
+            ("{\"type\":2,\"payload\":\"!!!\"}\n", "not base64"),
+            ("{\"type\":3}\n", "unknown entry type"),
+            (
+                "{\"type\":1,\"name\":\"a\",\"size\":-1}\n",
+                "impossible size",
+            ),
+            (
+                "{\"type\":1,\"name\":\"a\",\"size\":99999999999999999}\n",
+                "impossible size",
+            ),
+            (
+                "{\"type\":1,\"name\":\"a\",\"size\":4,\"payload\":null}\n",
+                "CRC-64",
+            ),
+            (
+                "{\"type\":1,\"name\":\"a\",\"size\":4,\"payload\":\"AAAA\"}\n",
+                "CRC-64",
+            ),
+            ("{\"type\":1,\"size\":0}\n", "without a name"),
+            (
+                "{\"type\":1,\"name\":\"a\"}\n{\"type\":1,\"name\":\"./a\"}\n",
+                "duplicate path",
+            ),
+        ];
+        for (body, want) in cases {
+            let err = parse(&format!("{body}{ok_end}")).unwrap_err().to_string();
+            assert!(err.contains(want), "{body:?}: got {err:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn detects_truncation() {
+        // Cut after a file entry: no end-of-archive segment.
+        let err =
+            parse("{\"type\":2,\"payload\":\"\"}\n{\"type\":1,\"name\":\"a\"}\n").unwrap_err();
+        assert!(matches!(err, TarSplitError::Truncated), "{err}");
+        // A gzip stream cut in the middle.
+        let full = gz(&"{\"type\":2,\"payload\":\"\"}\n".repeat(1000));
+        let cut = &full[..full.len() / 2];
+        let err = TarSplitReader::gzipped(cut)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_err();
+        assert!(matches!(err, TarSplitError::Io(_)), "{err}");
+    }
+
+    #[test]
+    fn clean_path_matches_go() {
+        let cases: [(&[u8], &[u8]); 9] = [
+            (b"a/b", b"a/b"),
+            (b"./a//b/", b"a/b"),
+            (b"a/./b/../c", b"a/c"),
+            (b"../a", b"../a"),
+            (b"/../a", b"/a"),
+            (b"", b"."),
+            (b"./", b"."),
+            (b"a/..", b"."),
+            (b"/", b"/"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                clean_path(input),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+}
