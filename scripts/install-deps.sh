@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install what the integration tests need (Debian/Ubuntu, run as root). Idempotent and
+# quiet when everything is already present; apt only runs if something is missing.
+set -euo pipefail
+
+PKGS=(docker.io skopeo umoci pigz zstd tar-split busybox-static python3 openssl ca-certificates)
+
+missing=()
+for cmd in dockerd containerd runc skopeo umoci pigz zstd tar-split python3 openssl; do
+	command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+done
+# Absolute paths: /usr/local/bin/docker may shadow the Debian CLI. Test images copy
+# /bin/busybox into an empty rootfs, so it must be the static build (busybox-static).
+[ -x /usr/bin/docker ] || missing+=(/usr/bin/docker)
+if ! [ -x /bin/busybox ] || LC_ALL=C ldd /bin/busybox >/dev/null 2>&1; then
+	missing+=("static /bin/busybox")
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "install-deps: missing ${missing[*]}; installing ${PKGS[*]}" >&2
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "install-deps: must run as root to install packages" >&2
+		exit 1
+	fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >/dev/null
+fi
+
+# The Rust toolchain is not an apt package here (rustup); only report it.
+if ! command -v cargo >/dev/null 2>&1; then
+	if [ -x "${HOME:-}/.cargo/bin/cargo" ]; then
+		echo "install-deps: cargo is in ${HOME:-}/.cargo/bin but not on PATH" >&2
+	else
+		echo "install-deps: cargo not found; install a Rust toolchain (https://rustup.rs)" >&2
+	fi
+	exit 1
+fi

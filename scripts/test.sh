@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need, starts two private Docker engines
+# (never the system daemon), builds the test images, runs every test, and cleans up.
+#
+#   sudo scripts/test.sh            # everything
+#   sudo scripts/test.sh engine     # extra arguments go to `cargo test`
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+"$root/scripts/install-deps.sh"
+
+work=$(mktemp -d /tmp/oe.XXXXXX)
+cleanup() {
+	"$root/scripts/dockerd.sh" stop "$work/a" >/dev/null 2>&1 || true
+	"$root/scripts/dockerd.sh" stop "$work/b" >/dev/null 2>&1 || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Build first, so the compile does not count against the engines' start-up wait.
+cargo build --all-targets --quiet
+
+echo "test.sh: starting two private Docker engines under $work" >&2
+"$root/scripts/dockerd.sh" start "$work/a" >"$work/a.env"
+"$root/scripts/dockerd.sh" start "$work/b" >"$work/b.env"
+first=$(sed -n 's/^export DOCKER_HOST=//p' "$work/a.env")
+second=$(sed -n 's/^export DOCKER_HOST=//p' "$work/b.env")
+
+echo "test.sh: building test images" >&2
+DOCKER_HOST="$first" python3 tests/support/make_images.py \
+	--list "$work/images.txt" --expect "$work/expect.json"
+
+export OE_TEST_DATA_ROOT="$work/a/data"
+export OE_TEST_DOCKER_HOST="$first"
+export OE_TEST_SECOND_DOCKER_HOST="$second"
+export OE_TEST_EXPECT="$work/expect.json"
+cargo test --all-targets "$@"

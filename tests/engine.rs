@@ -1,0 +1,314 @@
+//! Tests against a real Docker engine: the oracle.
+//!
+//! `scripts/test.sh` starts two private engines, builds the `oe-test/*` images in the first
+//! (tests/support/make_images.py) and sets:
+//! - `OE_TEST_DATA_ROOT`: the first engine's data root;
+//! - `OE_TEST_DOCKER_HOST`, `OE_TEST_SECOND_DOCKER_HOST`: their sockets;
+//! - `OE_TEST_EXPECT`: what make_images.py recorded (tag → id, diff_ids, docker_save status).
+//!
+//! Without them the tests skip with a message, except under CI (`CI=true`), where a skipped
+//! engine test would prove nothing and so fails.
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use harness::*;
+use oci_export::digest::Digest;
+
+struct Engine {
+    data_root: PathBuf,
+    host: String,
+    second_host: String,
+    images: BTreeMap<String, Expected>,
+}
+
+struct Expected {
+    id: Digest,
+    diff_ids: Vec<Digest>,
+    docker_save_ok: bool,
+}
+
+fn engine() -> Option<Engine> {
+    let vars = [
+        "OE_TEST_DATA_ROOT",
+        "OE_TEST_DOCKER_HOST",
+        "OE_TEST_SECOND_DOCKER_HOST",
+        "OE_TEST_EXPECT",
+    ];
+    let values: Vec<Option<String>> = vars.iter().map(|v| std::env::var(v).ok()).collect();
+    if values.iter().any(Option::is_none) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI must run the engine tests: {vars:?} are not all set (run scripts/test.sh)");
+        }
+        eprintln!("skipping engine test: run scripts/test.sh to start a private Docker engine");
+        return None;
+    }
+    let values: Vec<String> = values.into_iter().map(Option::unwrap).collect();
+    let expect: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&values[3]).expect("reading OE_TEST_EXPECT"))
+            .unwrap();
+    let images = expect["images"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(tag, e)| {
+            (
+                tag.clone(),
+                Expected {
+                    id: e["id"].as_str().unwrap().parse().unwrap(),
+                    diff_ids: e["diff_ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|d| d.as_str().unwrap().parse().unwrap())
+                        .collect(),
+                    docker_save_ok: e["docker_save"] == "ok",
+                },
+            )
+        })
+        .collect::<BTreeMap<_, _>>();
+    // An empty or truncated image list would make every test below pass vacuously.
+    assert!(
+        images.len() >= 20,
+        "expected the full oe-test image set, got {}",
+        images.len()
+    );
+    Some(Engine {
+        data_root: PathBuf::from(&values[0]),
+        host: values[1].clone(),
+        second_host: values[2].clone(),
+        images,
+    })
+}
+
+/// The Debian CLI (a newer `docker` earlier on PATH may lack what we need).
+fn docker(host: &str, args: &[&str]) -> Output {
+    let out = Command::new("/usr/bin/docker")
+        .env("DOCKER_HOST", host)
+        .args(args)
+        .output()
+        .expect("running docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn export_to(engine: &Engine, images: &[&str], out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "--data-root",
+        engine.data_root.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(images);
+    run_ok(&args);
+}
+
+/// Layer tars inside a `docker save` archive (pre-v25 `<id>/layer.tar`, or v25 blobs), by digest.
+fn docker_save_layers(engine: &Engine, tag: &str, dir: &Path) -> BTreeMap<Digest, Vec<u8>> {
+    let path = dir.join("docker-save.tar");
+    docker(&engine.host, &["save", "-o", path.to_str().unwrap(), tag]);
+    let members = read_archive(&std::fs::read(&path).unwrap());
+    let manifest: serde_json::Value = serde_json::from_slice(&members["manifest.json"]).unwrap();
+    manifest[0]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let bytes = members[p.as_str().unwrap()].clone();
+            (Digest::of(&bytes), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn every_image_exports_byte_exact() {
+    let Some(engine) = engine() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (tag, expected) in &engine.images {
+        let uring = dir.path().join("uring.tar");
+        let sync = dir.path().join("sync.tar");
+        export_to(&engine, &[tag], &uring, &["--io", "uring"]);
+        export_to(&engine, &[tag], &sync, &["--io", "sync", "--jobs", "1"]);
+        let bytes = std::fs::read(&uring).unwrap();
+        assert!(
+            bytes == std::fs::read(&sync).unwrap(),
+            "{tag}: io_uring and plain reads differ"
+        );
+
+        let members = read_archive(&bytes);
+        let images = verify_docker_archive(&members);
+        assert_eq!(images.len(), 1, "{tag}");
+        let image = &images[0];
+        assert_eq!(image.config_digest, expected.id, "{tag}: image ID");
+        assert_eq!(image.diff_ids, expected.diff_ids, "{tag}: diff_ids");
+        let engine_config = std::fs::read(
+            engine
+                .data_root
+                .join("image/overlay2/imagedb/content/sha256")
+                .join(expected.id.hex()),
+        )
+        .unwrap();
+        assert!(
+            image.config == engine_config,
+            "{tag}: config differs from the engine's"
+        );
+        let familiar = tag.strip_prefix("docker.io/").unwrap_or(tag);
+        assert_eq!(image.repo_tags, [familiar], "{tag}");
+
+        if expected.docker_save_ok {
+            let saved = docker_save_layers(&engine, tag, dir.path());
+            for (blob, diff_id) in image.layer_blobs.iter().zip(&image.diff_ids) {
+                let theirs = saved
+                    .get(diff_id)
+                    .unwrap_or_else(|| panic!("{tag}: docker save lacks {diff_id}"));
+                assert!(
+                    blob == theirs,
+                    "{tag}: layer {diff_id} differs from docker save's"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn archive_loads_into_an_empty_engine_with_the_same_ids() {
+    let Some(engine) = engine() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("all.tar");
+    let tags: Vec<&str> = engine.images.keys().map(String::as_str).collect();
+    export_to(&engine, &tags, &archive, &[]);
+    docker(
+        &engine.second_host,
+        &["load", "-i", archive.to_str().unwrap()],
+    );
+    for (tag, expected) in &engine.images {
+        let out = docker(
+            &engine.second_host,
+            &["image", "inspect", "--format", "{{.Id}}", tag],
+        );
+        let id = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            id.trim(),
+            expected.id.to_string(),
+            "{tag} loaded with another ID"
+        );
+        let out = docker(
+            &engine.second_host,
+            &[
+                "image",
+                "inspect",
+                "--format",
+                "{{json .RootFS.Layers}}",
+                tag,
+            ],
+        );
+        let layers: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        let want: Vec<String> = expected.diff_ids.iter().map(Digest::to_string).collect();
+        assert_eq!(layers, want, "{tag} layers after load");
+    }
+}
+
+#[test]
+fn skopeo_reads_docker_archive_and_oci_archive() {
+    let Some(engine) = engine() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (tag, expected) in &engine.images {
+        let archive = dir.path().join("one.tar");
+        export_to(&engine, &[tag], &archive, &[]);
+        let path = archive.to_str().unwrap();
+        let ref_name = tag.rsplit_once(':').map_or("latest", |(_, t)| t);
+        for transport in [
+            format!("docker-archive:{path}"),
+            format!("oci-archive:{path}:{ref_name}"),
+        ] {
+            let out = Command::new("skopeo")
+                .args(["inspect", "--config", &transport])
+                .output()
+                .expect("running skopeo");
+            assert!(
+                out.status.success(),
+                "skopeo inspect {transport} ({tag}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // skopeo prints the config it read: same bytes means same image ID.
+            let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_str().unwrap())
+                .collect();
+            let want: Vec<String> = expected.diff_ids.iter().map(Digest::to_string).collect();
+            assert_eq!(diff_ids, want, "{transport}");
+        }
+    }
+}
+
+/// Every path, type, size, mode, mtime and content hash under the image store and layer dirs.
+fn snapshot(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            let content = if meta.is_file() {
+                Digest::of(&std::fs::read(e.path()).unwrap()).hex()
+            } else {
+                String::new()
+            };
+            out.push(format!(
+                "{} {:o} {} {} {}",
+                e.path().display(),
+                meta.mode(),
+                meta.len(),
+                meta.mtime(),
+                content
+            ));
+            if meta.is_dir() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root.join("image"), &mut out);
+    for layer in std::fs::read_dir(root.join("overlay2")).unwrap() {
+        let diff = layer.unwrap().path().join("diff");
+        if diff.is_dir() {
+            walk(&diff, &mut out);
+        }
+    }
+    out
+}
+
+#[test]
+fn exports_never_write_under_the_data_root() {
+    let Some(engine) = engine() else { return };
+    let before = snapshot(&engine.data_root);
+    let dir = tempfile::tempdir().unwrap();
+    let tags: Vec<&str> = engine.images.keys().map(String::as_str).collect();
+    export_to(&engine, &tags, &dir.path().join("a.tar"), &["--io", "sync"]);
+    export_to(&engine, &tags[..1], &dir.path().join("b.tar"), &[]);
+    // A failing export, and one aimed inside the data root.
+    let root = engine.data_root.to_str().unwrap();
+    assert!(!run(&["--data-root", root, "oe-test/no-such-image"])
+        .status
+        .success());
+    let inside = engine.data_root.join("image/evil.tar");
+    let out = run(&["--data-root", root, "-o", inside.to_str().unwrap(), tags[0]]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("data root"));
+    assert!(!inside.exists());
+    assert_eq!(before, snapshot(&engine.data_root), "the data root changed");
+}
