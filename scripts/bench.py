@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Measures oci-export against `docker save` and the SHA-256 floor; writes the README table.
+
+Called by scripts/bench.sh with a running private engine (DOCKER_HOST) and built images.
+Every number for an image comes from the same run, so the ratios compare like with like.
+Warm-cache numbers are the best of several runs; cold-cache runs drop the page cache first.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+
+DOCKER = "/usr/bin/docker"
+
+
+def timed(cmd, stdout=subprocess.DEVNULL):
+    """Runs cmd; returns (wall seconds, peak RSS in bytes of that process)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    stderr = proc.stderr.read().decode(errors="replace")
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}): {stderr}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def best(runs, cmd, cleanup=None):
+    results = []
+    for _ in range(runs):
+        results.append(timed(cmd))
+        if cleanup:
+            cleanup()
+    wall = min(r[0] for r in results)
+    rss = max(r[1] for r in results)
+    return wall, rss
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def remove(path):
+    def go():
+        if os.path.exists(path):
+            os.remove(path)
+    return go
+
+
+def layer_facts(archive, scratch):
+    """Extracts each layer blob to a file (for the floor) and counts its member files."""
+    layers = []
+    with tarfile.open(archive) as outer:
+        manifest = json.load(outer.extractfile("manifest.json"))[0]
+        for path in dict.fromkeys(manifest["Layers"]):
+            member = outer.getmember(path)
+            dest = os.path.join(scratch, os.path.basename(path))
+            with outer.extractfile(member) as src, open(dest, "wb") as out:
+                while chunk := src.read(8 << 20):
+                    out.write(chunk)
+            with tarfile.open(dest) as inner:
+                files = sum(1 for m in inner if m.isreg() and m.size > 0)
+            layers.append({"path": dest, "size": member.size, "files": files})
+    return layers
+
+
+def floor_seconds(layers, cores):
+    """SHA-256 of every layer with OpenSSL (SHA-NI), layers in parallel on all cores, warm.
+
+    Layers are started largest first, at most `cores` at a time; the wall time is the floor a
+    verified export cannot beat, because SHA-256 is sequential within a layer."""
+    for layer in layers:  # warm the page cache
+        with open(layer["path"], "rb") as f:
+            while f.read(8 << 20):
+                pass
+    todo = sorted(layers, key=lambda l: -l["size"])
+    start = time.perf_counter()
+    running = []
+    while todo or running:
+        while todo and len(running) < cores:
+            layer = todo.pop(0)
+            running.append(subprocess.Popen(
+                ["openssl", "dgst", "-sha256", layer["path"]], stdout=subprocess.DEVNULL))
+        running[0].wait()
+        running = [p for p in running if p.poll() is None]
+    return time.perf_counter() - start
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--scratch", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("images", nargs="+")
+    args = ap.parse_args()
+    cores = os.cpu_count()
+    oe = [args.binary, "--data-root", args.data_root, "--quiet"]
+    out_file = os.path.join(args.scratch, "out.tar")
+    results = []
+    for image in args.images:
+        print(f"bench: {image}", file=sys.stderr)
+        # A first export checks the image and yields the layers for the floor.
+        timed(oe + [image, "-o", out_file])
+        floor_dir = os.path.join(args.scratch, "floor")
+        os.makedirs(floor_dir, exist_ok=True)
+        layers = layer_facts(out_file, floor_dir)
+        os.remove(out_file)
+        r = {
+            "image": image,
+            "bytes": sum(l["size"] for l in layers),
+            "layers": len(layers),
+            "files": sum(l["files"] for l in layers),
+        }
+        r["floor"] = min(floor_seconds(layers, cores) for _ in range(args.runs))
+        for layer in layers:
+            os.remove(layer["path"])
+
+        r["docker_null"], _ = best(2, [DOCKER, "save", image])
+        r["docker_file"], _ = best(2, [DOCKER, "save", "-o", out_file, image], remove(out_file))
+        r["oe_null"], r["oe_null_rss"] = best(args.runs, oe + [image])
+        r["oe_file_uring"], r["oe_file_rss"] = best(
+            args.runs, oe + ["--io", "uring", image, "-o", out_file], remove(out_file))
+        r["oe_file_sync"], _ = best(args.runs, oe + ["--io", "sync", image, "-o", out_file], remove(out_file))
+        r["oe_null_sync"], _ = best(args.runs, oe + ["--io", "sync", image])
+
+        drop_caches()
+        r["docker_cold"], _ = timed([DOCKER, "save", "-o", out_file, image])
+        remove(out_file)()
+        drop_caches()
+        r["oe_cold"], _ = timed(oe + [image, "-o", out_file])
+        remove(out_file)()
+        results.append(r)
+        print(json.dumps(r), file=sys.stderr)
+
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"cores": cores, "results": results}, f, indent=1)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(markdown(results, cores))
+    with open(os.path.join(args.out, "throughput.svg"), "w") as f:
+        f.write(svg(results))
+    print(markdown(results, cores))
+
+
+def mbps(r, key):
+    return r["bytes"] / r[key] / 1e6
+
+
+def markdown(results, cores):
+    lines = [
+        f"Warm page cache, best of runs; {cores} cores. Times in seconds; MB/s of uncompressed image.",
+        "",
+        "| image | size | layers | files | `docker save` → file | oci-export → file | speed-up | oci-export → /dev/null (pipe) | floor (SHA-256, all cores) | oci-export / floor | floor's speed-up | files/s | peak RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['image']} | {r['bytes'] / 1e9:.2f} GB | {r['layers']} | {r['files']:,} "
+            f"| {r['docker_file']:.2f} ({mbps(r, 'docker_file'):.0f} MB/s) "
+            f"| {r['oe_file_uring']:.2f} ({mbps(r, 'oe_file_uring'):.0f} MB/s) "
+            f"| **{r['docker_file'] / r['oe_file_uring']:.1f}×** "
+            f"| {r['oe_null']:.2f} ({mbps(r, 'oe_null'):.0f} MB/s) "
+            f"| {r['floor']:.2f} ({mbps(r, 'floor'):.0f} MB/s) "
+            f"| {r['oe_file_uring'] / r['floor']:.2f}× "
+            f"| {r['docker_file'] / r['floor']:.1f}× "
+            f"| {r['files'] / r['oe_file_uring']:,.0f} "
+            f"| {max(r['oe_file_rss'], r['oe_null_rss']) / 2**20:.0f} MiB |")
+    lines += [
+        "",
+        "I/O engines and destinations (seconds, warm):",
+        "",
+        "| image | `docker save` → /dev/null | io_uring → file | sync → file | io_uring → /dev/null | sync → /dev/null |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['image']} | {r['docker_null']:.2f} | {r['oe_file_uring']:.2f} | {r['oe_file_sync']:.2f} "
+            f"| {r['oe_null']:.2f} | {r['oe_null_sync']:.2f} |")
+    lines += [
+        "",
+        "Cold page cache (caches dropped before each run), to a file:",
+        "",
+        "| image | `docker save` | oci-export | speed-up |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['image']} | {r['docker_cold']:.2f} ({mbps(r, 'docker_cold'):.0f} MB/s) "
+            f"| {r['oe_cold']:.2f} ({mbps(r, 'oe_cold'):.0f} MB/s) | **{r['docker_cold'] / r['oe_cold']:.1f}×** |")
+    return "\n".join(lines) + "\n"
+
+
+def svg(results):
+    """A grouped horizontal bar chart of warm throughput per image."""
+    series = [("docker save → file", "docker_file", "#9e9e9e"),
+              ("oci-export → file", "oe_file_uring", "#1e88e5"),
+              ("SHA-256 floor", "floor", "#43a047")]
+    top = max(mbps(r, k) for r in results for _, k, _ in series)
+    bar, gap, left, width = 16, 14, 170, 520
+    height = 40 + len(results) * (len(series) * bar + gap) + 30
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<text x="{left}" y="20" font-weight="bold">Throughput, warm cache (MB/s of uncompressed image)</text>']
+    y = 36
+    for r in results:
+        out.append(f'<text x="{left - 8}" y="{y + bar * 1.8}" text-anchor="end">{r["image"]}</text>')
+        for label, key, color in series:
+            v = mbps(r, key)
+            w = max(1, v / top * width)
+            out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 2}" fill="{color}"/>')
+            out.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 5}">{v:,.0f}</text>')
+            y += bar
+        y += gap
+    lx = left
+    for label, _, color in series:
+        out.append(f'<rect x="{lx}" y="{y + 4}" width="12" height="12" fill="{color}"/>')
+        out.append(f'<text x="{lx + 16}" y="{y + 14}">{label}</text>')
+        lx += 170
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()

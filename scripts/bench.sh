@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The benchmark: oci-export against `docker save` and against the SHA-256 floor, side by side on
+# the same images in one run. Run as root (private dockerd, dropping the page cache).
+#
+#   sudo scripts/bench.sh                 # full run (~10 GB of scratch space, several minutes)
+#   sudo OE_BENCH_SCALE=small scripts/bench.sh   # a quick smoke run on small images
+#
+# Results: benches/results.md (a Markdown table the README includes), benches/results.json,
+# benches/throughput.svg. Scratch space defaults to /var/tmp (OE_BENCH_DIR overrides).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+scale=${OE_BENCH_SCALE:-full}
+
+"$root/scripts/install-deps.sh"
+cargo build --release --quiet
+
+scratch=$(mktemp -d "${OE_BENCH_DIR:-/var/tmp}/oe-bench.XXXXXX")
+engine=$(mktemp -d /tmp/oe.XXXXXX)
+cleanup() {
+	"$root/scripts/dockerd.sh" stop "$engine" >/dev/null 2>&1 || true
+	rm -rf "$engine" "$scratch"
+}
+trap cleanup EXIT
+
+"$root/scripts/dockerd.sh" start "$engine" >"$engine/env"
+DOCKER_HOST=$(sed -n 's/^export DOCKER_HOST=//p' "$engine/env")
+export DOCKER_HOST
+docker=/usr/bin/docker
+
+# --- Images -------------------------------------------------------------------------------
+# rootfs:    a distribution's root filesystem (this host's own binaries and libraries)
+# manyfiles: tens of thousands of small real files (/usr/share)
+# bigfiles:  large incompressible files in one layer
+# layered:   rootfs + a layer that deletes and replaces files + a layer of new files
+echo "bench: building images ($scale)" >&2
+if [ "$scale" = small ]; then
+	rootfs_dirs=(usr/sbin etc)
+	share_dir=usr/share/perl5
+	big_files=2
+	big_mib=64
+else
+	rootfs_dirs=(usr/bin usr/sbin usr/lib/x86_64-linux-gnu usr/lib/python3 etc)
+	share_dir=usr/share
+	big_files=3
+	big_mib=1024
+fi
+
+tar -C / --numeric-owner -cf - "${rootfs_dirs[@]}" 2>/dev/null | $docker import - bench/rootfs:1 >/dev/null
+tar -C / --numeric-owner -cf - "$share_dir" 2>/dev/null | $docker import - bench/manyfiles:1 >/dev/null
+
+mkdir -p "$scratch/big/data"
+for i in $(seq 1 "$big_files"); do
+	# Incompressible, like media or model weights: the worst case for everyone.
+	openssl rand -out "$scratch/big/data/blob$i.bin" $((big_mib * 1024 * 1024))
+done
+tar -C "$scratch/big" --numeric-owner -cf - data | $docker import - bench/bigfiles:1 >/dev/null
+rm -rf "$scratch/big"
+
+mkdir -p "$scratch/ctx"
+cp /bin/busybox "$scratch/ctx/busybox"
+cat >"$scratch/ctx/Dockerfile" <<'DOCKERFILE'
+FROM bench/rootfs:1
+COPY busybox /busybox
+# Deletes files of the lower layer (whiteouts) and replaces a directory (opaque dir).
+RUN ["/busybox", "sh", "-c", "/busybox rm -rf /usr/sbin /etc/ssl && /busybox mkdir -p /etc/ssl && /busybox cp /busybox /etc/ssl/bb"]
+RUN ["/busybox", "sh", "-c", "/busybox mkdir /app && for i in $(/busybox seq 1 2000); do /busybox head -c $((i * 37 % 9000 + 100)) /busybox > /app/f$i; done"]
+DOCKERFILE
+DOCKER_BUILDKIT=0 $docker build -q --network=none -t bench/layered:1 "$scratch/ctx" >/dev/null
+rm -rf "$scratch/ctx"
+
+python3 "$root/scripts/bench.py" \
+	--binary "$root/target/release/oci-export" \
+	--data-root "$engine/data" \
+	--scratch "$scratch" \
+	--out "$root/benches" \
+	bench/rootfs:1 bench/manyfiles:1 bench/bigfiles:1 bench/layered:1
