@@ -43,6 +43,12 @@ pub struct Args {
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
 
+    /// Rebuild layers that lost their tar-split record from their directory, Docker-style.
+    /// Their bytes cannot be the originals, so they get new diff_ids and the image a new ID
+    /// (reported on stderr).
+    #[arg(long)]
+    pub regenerate_missing: bool,
+
     /// No progress on stderr (progress is shown only when stderr is a terminal anyway).
     #[arg(short, long)]
     pub quiet: bool,

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
@@ -12,7 +12,8 @@ use crate::cli::Format;
 use crate::digest::Digest;
 use crate::io::{EngineFactory, IoMode};
 use crate::model::{Image, Layer};
-use crate::reassembly::{measure_layer, rebuild_layer};
+use crate::reassembly::{measure_layer, missing_tar_split, rebuild_layer};
+use crate::regenerate::{needs_regeneration, regenerate_image, Scratch};
 use crate::sink::output::Output;
 use crate::sink::plan::{media_type, BlobInfo};
 use crate::sink::writer::{write_archive, BlobProducer, Progress};
@@ -29,6 +30,7 @@ pub struct ExportRequest {
     pub io_mode: IoMode,
     pub jobs: usize,
     pub show_progress: bool,
+    pub regenerate_missing: bool,
 }
 
 /// The images to export and their distinct layers.
@@ -59,20 +61,57 @@ impl ExportSet {
                 None => images.push(image),
             }
         }
-        let mut seen = HashMap::new();
-        let mut layers = Vec::new();
-        for layer in images.iter().flat_map(|i| &i.layers) {
-            seen.entry(layer.diff_id).or_insert_with(|| {
-                layers.push(layer.clone());
-                layers.len() - 1
-            });
-        }
+        let layers = distinct_layers(&images);
         Ok(ExportSet {
             images,
             inputs: resolved,
             layers,
         })
     }
+
+    /// Regenerates layers that lost their tar-split (opt-in), which changes their diff_ids and
+    /// the IDs of the images using them; every change is reported on stderr.
+    fn regenerate_missing(
+        &mut self,
+        allowed: bool,
+        scratch: &mut Option<Scratch>,
+        data_root: &Path,
+    ) -> Result<()> {
+        let Some(image) = self.images.iter().find(|i| needs_regeneration(i)) else {
+            return Ok(());
+        };
+        if !allowed {
+            let layer = image
+                .layers
+                .iter()
+                .find(|l| matches!(l.content, crate::model::LayerContent::Directory { .. }))
+                .expect("needs_regeneration found one");
+            bail!("image {}: {}", image.id, missing_tar_split(layer));
+        }
+        let scratch = match scratch {
+            Some(s) => s,
+            None => scratch.insert(Scratch::new(data_root)?),
+        };
+        for image in &mut self.images {
+            if needs_regeneration(image) {
+                *image =
+                    regenerate_image(image, scratch, &mut |note| eprintln!("oci-export: {note}"))?;
+            }
+        }
+        self.layers = distinct_layers(&self.images);
+        Ok(())
+    }
+}
+
+/// The layers of `images` by diff_id, each once, in order of first appearance.
+fn distinct_layers(images: &[Image]) -> Vec<Layer> {
+    let mut seen = std::collections::HashSet::new();
+    images
+        .iter()
+        .flat_map(|i| &i.layers)
+        .filter(|l| seen.insert(l.diff_id))
+        .cloned()
+        .collect()
 }
 
 /// Rebuilds layers for the writer, one engine per call.
@@ -115,7 +154,11 @@ fn measure_all(layers: &[Layer], jobs: usize) -> Result<Vec<u64>> {
 /// Runs a whole export.
 pub fn run(req: &ExportRequest) -> Result<()> {
     let store = Overlay2Store::open(&req.data_root)?;
-    let set = ExportSet::resolve(&store, &req.images)?;
+    let mut set = ExportSet::resolve(&store, &req.images)?;
+    // What the store held, for the final check that it still does.
+    let stored = set.images.clone();
+    let mut scratch = None;
+    set.regenerate_missing(req.regenerate_missing, &mut scratch, &req.data_root)?;
     let sizes = measure_all(&set.layers, req.jobs)?;
 
     let blobs: Vec<BlobInfo> = set
@@ -162,7 +205,7 @@ pub fn run(req: &ExportRequest) -> Result<()> {
                 req.jobs,
                 &progress,
             )?;
-            confirm(&store, &set)?;
+            confirm(&store, &set.inputs, &stored)?;
             output.commit(len)
         }
         Format::OciDir => {
@@ -179,7 +222,7 @@ pub fn run(req: &ExportRequest) -> Result<()> {
                 &req.data_root,
                 req.jobs,
                 &progress,
-                || confirm(&store, &set),
+                || confirm(&store, &set.inputs, &stored),
             )
         }
     };
@@ -191,10 +234,9 @@ pub fn run(req: &ExportRequest) -> Result<()> {
 
 /// The storage must still hold what we exported: an image removed or re-tagged during the
 /// export makes the output describe something that no longer exists.
-fn confirm(store: &dyn ImageStore, set: &ExportSet) -> Result<()> {
-    for (input, id) in &set.inputs {
-        let image = set
-            .images
+fn confirm(store: &dyn ImageStore, inputs: &[(String, Digest)], stored: &[Image]) -> Result<()> {
+    for (input, id) in inputs {
+        let image = stored
             .iter()
             .find(|i| i.id == *id)
             .expect("resolved images are kept");

@@ -29,6 +29,7 @@ pub mod model;
 pub mod progress;
 pub mod reassembly;
 pub mod reference;
+pub mod regenerate;
 pub mod sink;
 pub mod source;
 pub mod tarsplit;

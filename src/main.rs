@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         show_progress: !args.quiet && std::io::stderr().is_terminal(),
+        regenerate_missing: args.regenerate_missing,
     };
     match run(&request) {
         Ok(()) => ExitCode::SUCCESS,

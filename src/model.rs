@@ -51,6 +51,11 @@ pub enum LayerContent {
         tar_split: PathBuf,
         file_root: PathBuf,
     },
+    /// Only the layer's extracted directory: its tar-split record is lost. The tar can only be
+    /// regenerated ([`crate::regenerate`]), which gives it a new diff_id.
+    Directory { root: PathBuf },
+    /// A complete layer tar in a file (a regenerated layer, or a store's uncompressed blob).
+    TarFile { path: PathBuf },
 }
 
 /// The parts of an image config the exporter needs; everything else is carried as raw bytes.

@@ -14,12 +14,13 @@
 mod replay_sink;
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
 use crate::digest::Digest;
-use crate::io::{LayerDir, ReadEngine};
+use crate::io::{LayerDir, ReadEngine, ReplaySink};
 use crate::model::{Layer, LayerContent};
 use crate::tarsplit::{Entry, TarSplitReader};
 
@@ -34,8 +35,10 @@ pub struct LayerMeasure {
     pub files: u64,
 }
 
-fn open_tar_split(layer: &Layer) -> Result<TarSplitReader<crate::tarsplit::TarSplitInput<File>>> {
-    let LayerContent::TarSplit { tar_split, .. } = &layer.content;
+fn open_tar_split(
+    tar_split: &Path,
+    layer: &Layer,
+) -> Result<TarSplitReader<crate::tarsplit::TarSplitInput<File>>> {
     let file = File::open(tar_split)
         .with_context(|| format!("{}: cannot open {}", layer.origin, tar_split.display()))?;
     Ok(TarSplitReader::gzipped(file))
@@ -43,11 +46,21 @@ fn open_tar_split(layer: &Layer) -> Result<TarSplitReader<crate::tarsplit::TarSp
 
 /// Pass 1: the layer tar's size and file count, from tar-split alone.
 pub fn measure_layer(layer: &Layer) -> Result<LayerMeasure> {
+    let tar_split = match &layer.content {
+        LayerContent::TarSplit { tar_split, .. } => tar_split,
+        LayerContent::TarFile { path } => {
+            let tar_size = std::fs::metadata(path)
+                .with_context(|| format!("{}: cannot stat {}", layer.origin, path.display()))?
+                .len();
+            return Ok(LayerMeasure { tar_size, files: 0 });
+        }
+        LayerContent::Directory { .. } => bail!(missing_tar_split(layer)),
+    };
     let mut measure = LayerMeasure {
         tar_size: 0,
         files: 0,
     };
-    for entry in open_tar_split(layer)? {
+    for entry in open_tar_split(tar_split, layer)? {
         match entry.with_context(|| format!("{}: tar-split is invalid", layer.origin))? {
             Entry::Segment(bytes) => measure.tar_size += bytes.len() as u64,
             Entry::File(f) => {
@@ -67,13 +80,22 @@ pub fn rebuild_layer(
     engine: &mut dyn ReadEngine,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let LayerContent::TarSplit { file_root, .. } = &layer.content;
-    let dir = LayerDir::open(file_root).with_context(|| layer.origin.clone())?;
-    let mut entries = open_tar_split(layer)?;
     let mut sink = VerifyingSink::new(out);
-    engine
-        .replay(&dir, &mut entries, &mut sink)
-        .with_context(|| layer.origin.clone())?;
+    match &layer.content {
+        LayerContent::TarSplit {
+            tar_split,
+            file_root,
+        } => {
+            let dir = LayerDir::open(file_root).with_context(|| layer.origin.clone())?;
+            let mut entries = open_tar_split(tar_split, layer)?;
+            engine
+                .replay(&dir, &mut entries, &mut sink)
+                .with_context(|| layer.origin.clone())?;
+        }
+        LayerContent::TarFile { path } => copy_tar_file(path, &mut sink)
+            .with_context(|| format!("{}: reading {}", layer.origin, path.display()))?,
+        LayerContent::Directory { .. } => bail!(missing_tar_split(layer)),
+    }
     let (digest, size) = sink.finish().with_context(|| layer.origin.clone())?;
     if size != expected_size {
         bail!(
@@ -90,6 +112,29 @@ pub fn rebuild_layer(
         );
     }
     Ok(())
+}
+
+/// The message for a layer that lost its tar-split, naming the way out.
+pub fn missing_tar_split(layer: &Layer) -> String {
+    format!(
+        "{}: it has no tar-split.json.gz, the record needed to rebuild the layer byte for byte \
+         (Docker itself cannot save it either). --regenerate-missing rebuilds it from the layer \
+         directory instead, which gives it a new diff_id and the image a new ID",
+        layer.origin
+    )
+}
+
+/// A ready layer tar streams through unchanged (the sink still hashes it).
+fn copy_tar_file(path: &Path, sink: &mut VerifyingSink) -> Result<()> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        sink.segment(&buf[..n])?;
+    }
 }
 
 /// Rebuilds a layer into memory and returns its digest; for tests and small layers.

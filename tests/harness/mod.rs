@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: running the binary and reading archives back.
 #![allow(dead_code)]
 
+pub mod engine;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -64,14 +64,6 @@ fn load_layer(store: &Overlay2Store, diff_id: &Digest, chain_id: &Digest) -> Res
     }
     let cache_id = read_small(&dir.join("cache-id")).with_context(context)?;
     check_cache_id(&cache_id).with_context(context)?;
-    let tar_split = dir.join("tar-split.json.gz");
-    if !tar_split.is_file() {
-        bail!(
-            "{}: it has no tar-split.json.gz, the record needed to rebuild the layer byte for \
-             byte; Docker itself cannot save this layer either",
-            context()
-        );
-    }
     let file_root = store
         .data_root
         .join("overlay2")
@@ -84,12 +76,20 @@ fn load_layer(store: &Overlay2Store, diff_id: &Digest, chain_id: &Digest) -> Res
             file_root.display()
         );
     }
-    Ok(Layer {
-        diff_id: *diff_id,
-        content: LayerContent::TarSplit {
+    let tar_split = dir.join("tar-split.json.gz");
+    // Without its tar-split the layer can only be regenerated from the directory, which the
+    // export decides (it changes the diff_id); the source just reports what is there.
+    let content = if tar_split.is_file() {
+        LayerContent::TarSplit {
             tar_split,
             file_root,
-        },
+        }
+    } else {
+        LayerContent::Directory { root: file_root }
+    };
+    Ok(Layer {
+        diff_id: *diff_id,
+        content,
         origin,
     })
 }

@@ -1,0 +1,161 @@
+//! Layers whose tar-split record is lost: rebuild their tar from the layer directory.
+//!
+//! Without tar-split the original bytes cannot be recovered, so the regenerated tar (written the
+//! way Docker's own archiver writes it, see [`docker_tar`]) has a *new* diff_id. The image's
+//! config then has to name it in `rootfs.diff_ids`, so the config bytes and therefore the image
+//! ID change too. This is opt-in (`--regenerate-missing`) and always reported on stderr.
+
+pub mod docker_tar;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::digest::{Digest, Sha256Hasher};
+use crate::interrupt;
+use crate::model::{config_facts, Image, LayerContent};
+
+/// A scratch directory for regenerated tars, removed when dropped (and on SIGINT/SIGTERM).
+pub struct Scratch {
+    dir: PathBuf,
+    made: HashMap<Digest, (Digest, PathBuf)>,
+}
+
+impl Scratch {
+    /// Creates it under the system temporary directory, refusing the engine's data root.
+    pub fn new(forbidden: &Path) -> Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("oci-export-{}-regenerated", std::process::id()));
+        crate::sink::output::refuse_inside(&dir, forbidden)?;
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        interrupt::register(&dir);
+        Ok(Scratch {
+            dir,
+            made: HashMap::new(),
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        interrupt::unregister(&self.dir);
+    }
+}
+
+/// Does the image have layers that need regenerating?
+pub fn needs_regeneration(image: &Image) -> bool {
+    image
+        .layers
+        .iter()
+        .any(|l| matches!(l.content, LayerContent::Directory { .. }))
+}
+
+/// Regenerates the image's tar-split-less layers and rewrites its config and ID to match.
+/// Each change is reported through `report`.
+pub fn regenerate_image(
+    image: &Image,
+    scratch: &mut Scratch,
+    report: &mut dyn FnMut(String),
+) -> Result<Image> {
+    let mut new = image.clone();
+    for layer in &mut new.layers {
+        let LayerContent::Directory { root } = &layer.content else {
+            continue;
+        };
+        let old = layer.diff_id;
+        let (digest, path) = match scratch.made.get(&old) {
+            Some(done) => done.clone(),
+            None => {
+                let path = scratch.dir.join(format!("{}.tar", old.hex()));
+                let digest = write_hashed(root, &path).with_context(|| {
+                    format!("{}: regenerating from {}", layer.origin, root.display())
+                })?;
+                report(format!(
+                    "layer {old} has no tar-split; regenerated it from {}: new diff_id {digest}",
+                    root.display()
+                ));
+                scratch.made.insert(old, (digest, path.clone()));
+                (digest, path)
+            }
+        };
+        layer.diff_id = digest;
+        layer.content = LayerContent::TarFile { path };
+    }
+    let old_ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id).collect();
+    let new_ids: Vec<Digest> = new.layers.iter().map(|l| l.diff_id).collect();
+    new.config = rewrite_diff_ids(&image.config, &old_ids, &new_ids)?;
+    new.id = Digest::of(&new.config);
+    report(format!(
+        "image {} has regenerated layers: its config now lists the new diff_ids, so it is exported as image {}",
+        image.id, new.id
+    ));
+    Ok(new)
+}
+
+fn write_hashed(root: &Path, path: &Path) -> Result<Digest> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256Hasher::new(),
+    };
+    docker_tar::write_layer_tar(root, &mut out)?;
+    out.inner.flush().context("writing the regenerated layer")?;
+    Ok(out.hasher.finish())
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Replaces the diff_id strings in the config bytes, leaving every other byte as it was, then
+/// checks that the config now lists exactly `new`.
+fn rewrite_diff_ids(config: &[u8], old: &[Digest], new: &[Digest]) -> Result<Vec<u8>> {
+    let mut text = String::from_utf8(config.to_vec()).context("image config is not UTF-8")?;
+    for (o, n) in old.iter().zip(new) {
+        if o != n {
+            text = text.replace(&o.to_string(), &n.to_string());
+        }
+    }
+    let bytes = text.into_bytes();
+    let listed = config_facts(&bytes)?.diff_ids;
+    if listed != new {
+        bail!("rewriting the config's diff_ids did not give the expected list");
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_only_the_diff_ids() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let c = Digest::of(b"c");
+        let config =
+            format!(r#"{{"z":1,"rootfs":{{"type":"layers","diff_ids":["{a}","{b}"]}},"a":[]}}"#);
+        let out = rewrite_diff_ids(config.as_bytes(), &[a, b], &[a, c]).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(r#"{{"z":1,"rootfs":{{"type":"layers","diff_ids":["{a}","{c}"]}},"a":[]}}"#)
+        );
+    }
+}

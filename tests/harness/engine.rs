@@ -1,0 +1,97 @@
+//! The private Docker engines `scripts/test.sh` starts, as the tests see them.
+//!
+//! `scripts/test.sh` starts two private engines, builds the `oe-test/*` images in the first
+//! (tests/support/make_images.py) and sets:
+//! - `OE_TEST_DATA_ROOT`: the first engine's data root;
+//! - `OE_TEST_DOCKER_HOST`, `OE_TEST_SECOND_DOCKER_HOST`: their sockets;
+//! - `OE_TEST_EXPECT`: what make_images.py recorded (tag → id, diff_ids, docker_save status).
+//!
+//! Without them the tests skip with a message, except under CI (`CI=true`), where a skipped
+//! engine test would prove nothing and so fails.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use oci_export::digest::Digest;
+
+pub struct Engine {
+    pub data_root: PathBuf,
+    pub host: String,
+    pub second_host: String,
+    pub images: BTreeMap<String, Expected>,
+}
+
+pub struct Expected {
+    pub id: Digest,
+    pub diff_ids: Vec<Digest>,
+    pub docker_save_ok: bool,
+}
+
+pub fn engine() -> Option<Engine> {
+    let vars = [
+        "OE_TEST_DATA_ROOT",
+        "OE_TEST_DOCKER_HOST",
+        "OE_TEST_SECOND_DOCKER_HOST",
+        "OE_TEST_EXPECT",
+    ];
+    let values: Vec<Option<String>> = vars.iter().map(|v| std::env::var(v).ok()).collect();
+    if values.iter().any(Option::is_none) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI must run the engine tests: {vars:?} are not all set (run scripts/test.sh)");
+        }
+        eprintln!("skipping engine test: run scripts/test.sh to start a private Docker engine");
+        return None;
+    }
+    let values: Vec<String> = values.into_iter().map(Option::unwrap).collect();
+    let expect: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&values[3]).expect("reading OE_TEST_EXPECT"))
+            .unwrap();
+    let images = expect["images"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(tag, e)| {
+            (
+                tag.clone(),
+                Expected {
+                    id: e["id"].as_str().unwrap().parse().unwrap(),
+                    diff_ids: e["diff_ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|d| d.as_str().unwrap().parse().unwrap())
+                        .collect(),
+                    docker_save_ok: e["docker_save"] == "ok",
+                },
+            )
+        })
+        .collect::<BTreeMap<_, _>>();
+    // An empty or truncated image list would make every test below pass vacuously.
+    assert!(
+        images.len() >= 20,
+        "expected the full oe-test image set, got {}",
+        images.len()
+    );
+    Some(Engine {
+        data_root: PathBuf::from(&values[0]),
+        host: values[1].clone(),
+        second_host: values[2].clone(),
+        images,
+    })
+}
+
+/// The Debian CLI (a newer `docker` earlier on PATH may lack what we need).
+pub fn docker(host: &str, args: &[&str]) -> Output {
+    let out = Command::new("/usr/bin/docker")
+        .env("DOCKER_HOST", host)
+        .args(args)
+        .output()
+        .expect("running docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
