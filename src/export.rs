@@ -1,7 +1,6 @@
 //! The export pipeline: source → plan → reassembly → sink.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -12,7 +11,7 @@ use crate::cli::Format;
 use crate::digest::Digest;
 use crate::io::{EngineFactory, IoMode};
 use crate::model::{Image, Layer};
-use crate::reassembly::{measure_layer, missing_tar_split, rebuild_layer};
+use crate::reassembly::{measure_layer, missing_tar_split, rebuild_layer, BlockSink};
 use crate::regenerate::{needs_regeneration, regenerate_image, Scratch};
 use crate::sink::output::Output;
 use crate::sink::plan::{media_type, BlobInfo};
@@ -122,7 +121,7 @@ struct LayerProducer<'a> {
 }
 
 impl BlobProducer for LayerProducer<'_> {
-    fn produce(&self, index: usize, out: &mut dyn Write) -> Result<()> {
+    fn produce(&self, index: usize, out: &mut dyn BlockSink) -> Result<()> {
         let mut engine = self.engines.create()?;
         rebuild_layer(&self.layers[index], self.sizes[index], engine.as_mut(), out)
     }

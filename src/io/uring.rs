@@ -19,7 +19,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use anyhow::{anyhow, bail, Result};
 use io_uring::{opcode, types, IoUring};
 
-use super::safe_open::{check_regular_of_size, member_c_name, member_open_how};
+use super::safe_open::{check_regular_of_size, member_c_name, member_open_how, openat2};
 use super::{Entries, LayerDir, ReadEngine, ReplaySink};
 use crate::tarsplit::{Entry, FileEntry};
 
@@ -32,6 +32,11 @@ const MAX_BYTES_AHEAD: usize = 32 << 20;
 /// One read's size: large enough that a big file costs few system calls, small enough that
 /// delivery (hashing) of the first chunk starts early.
 const CHUNK: usize = 1 << 20;
+/// Reads in flight or waiting per file: a few at a time keep a large file's reads sequential
+/// enough for the kernel's readahead on a cold cache, and its buffers warm in the CPU cache.
+const PER_FILE_READS: usize = 4;
+/// Full-size buffers kept for reuse (the byte budget needs no more).
+const SPARE_BUFFERS: usize = MAX_BYTES_AHEAD / CHUNK;
 /// Reads the head-of-queue file may keep in flight even when the byte budget is spent.
 const HEAD_READS: usize = 4;
 
@@ -117,11 +122,27 @@ struct Replay<'e> {
     files_ahead: usize,
     bytes_ahead: usize,
     pending_sqes: usize,
+    /// Item number before which every file has all its reads issued.
+    scan_from: u64,
+    /// Reused between loop turns, to keep allocation out of the hot loop.
+    to_submit: Vec<(usize, usize, i32)>,
+    completions: Vec<(u64, i32)>,
 }
 
 fn user_data(item: u64, chunk: u64, op: u64) -> u64 {
     // item number: 32 bits; chunk number (file offset / CHUNK, modulo 2^24): 24 bits; op: 8 bits.
     (item << 32) | ((chunk & 0xff_ffff) << 8) | op
+}
+
+/// Checks a freshly opened member and prepares it for reading.
+fn opened(file: File, entry: &FileEntry) -> Result<File> {
+    check_regular_of_size(&file, entry)?;
+    if entry.size > CHUNK as u64 {
+        // Doubles the kernel's readahead for a large file read front to back.
+        // SAFETY: an advisory call on a valid descriptor.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    }
+    Ok(file)
 }
 
 impl ReadEngine for UringEngine {
@@ -143,6 +164,9 @@ impl ReadEngine for UringEngine {
             files_ahead: 0,
             bytes_ahead: 0,
             pending_sqes: 0,
+            scan_from: 0,
+            to_submit: Vec::new(),
+            completions: Vec::new(),
         };
         let result = replay.run(dir, entries, sink);
         // Never free a buffer the kernel may still write into.
@@ -195,23 +219,40 @@ impl Replay<'_> {
     fn enqueue_file(&mut self, dir: &LayerDir, entry: FileEntry) -> Result<()> {
         let name = member_c_name(&entry)?;
         let item_no = self.popped + self.queue.len() as u64;
-        let sqe = opcode::OpenAt2::new(
-            types::Fd(dir.fd().as_raw_fd()),
-            name.as_ptr(),
-            &*self.engine.how,
-        )
-        .build()
-        .user_data(user_data(item_no, 0, OP_OPEN));
+        // Fast path: when the path is in the dentry cache (a warm cache), a synchronous open with
+        // RESOLVE_CACHED costs less than handing the open to io_uring, which would run it on a
+        // worker thread. Only lookups that would touch the disk go through the ring.
+        let mut cached_how = member_open_how();
+        cached_how.resolve |= libc::RESOLVE_CACHED;
+        let file = match openat2(dir.fd().as_raw_fd(), &name, &cached_how) {
+            Ok(fd) => Some(opened(File::from(fd), &entry)?),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => None,
+            Err(e) => bail!("file {:?}: cannot open it: {e}", entry.display_name()),
+        };
+        let open_pending = file.is_none();
         self.queue.push_back(Item::File(Box::new(FileState {
             entry,
             name,
-            file: None,
-            open_pending: true,
+            file,
+            open_pending,
             next_read: 0,
             chunks: VecDeque::new(),
             delivered: 0,
         })));
         self.files_ahead += 1;
+        if !open_pending {
+            return Ok(());
+        }
+        let Some(Item::File(state)) = self.queue.back() else {
+            unreachable!("just pushed")
+        };
+        let sqe = opcode::OpenAt2::new(
+            types::Fd(dir.fd().as_raw_fd()),
+            state.name.as_ptr(),
+            &*self.engine.how,
+        )
+        .build()
+        .user_data(user_data(item_no, 0, OP_OPEN));
         self.push(sqe)
     }
 
@@ -228,14 +269,29 @@ impl Replay<'_> {
     }
 
     fn issue_reads(&mut self) -> Result<()> {
-        let mut to_submit = Vec::new();
+        let mut to_submit = std::mem::take(&mut self.to_submit);
         let mut ahead = self.bytes_ahead;
-        let mut is_head = true;
-        for (pos, item) in self.queue.iter_mut().enumerate() {
-            let Item::File(state) = item else { continue };
-            let head = std::mem::replace(&mut is_head, false);
-            let Some(file) = &state.file else { continue };
-            while state.next_read < state.entry.size {
+        // Items before `scan_from` have all their reads issued; skip them.
+        let skip = self.scan_from.saturating_sub(self.popped) as usize;
+        let mut fully_issued_prefix = true;
+        // Segments are delivered as soon as they reach the head, so this is a short search.
+        let head_pos = self.queue.iter().position(|i| matches!(i, Item::File(_)));
+        for (pos, item) in self.queue.iter_mut().enumerate().skip(skip) {
+            let state = match item {
+                Item::Segment(_) => {
+                    if fully_issued_prefix {
+                        self.scan_from = self.popped + pos as u64 + 1;
+                    }
+                    continue;
+                }
+                Item::File(state) => state,
+            };
+            let head = Some(pos) == head_pos;
+            let Some(file) = &state.file else {
+                fully_issued_prefix = false;
+                continue;
+            };
+            while state.next_read < state.entry.size && state.chunks.len() < PER_FILE_READS {
                 let len = (state.entry.size - state.next_read).min(CHUNK as u64) as usize;
                 // The budget bounds memory; the file at the head of the queue may always keep a
                 // few reads going, or files read ahead could fill the budget and starve it.
@@ -243,8 +299,13 @@ impl Replay<'_> {
                 if over_budget && !(head && state.chunks.len() < HEAD_READS) {
                     break;
                 }
-                let mut buf = self.engine.spare.pop().unwrap_or_default();
-                buf.resize(len, 0);
+                // Full chunks reuse buffers; a small file gets one of its own size, so that many
+                // small files ahead do not each pin a full-size buffer.
+                let buf = if len == CHUNK {
+                    self.engine.spare.pop().unwrap_or_else(|| vec![0; CHUNK])
+                } else {
+                    vec![0; len]
+                };
                 state.chunks.push_back(Chunk {
                     buf,
                     offset: state.next_read,
@@ -256,11 +317,18 @@ impl Replay<'_> {
                 ahead += len;
                 to_submit.push((pos, state.chunks.len() - 1, file.as_raw_fd()));
             }
+            if state.next_read < state.entry.size {
+                fully_issued_prefix = false;
+            } else if fully_issued_prefix {
+                self.scan_from = self.popped + pos as u64 + 1;
+            }
         }
         self.bytes_ahead = ahead;
-        for (pos, chunk_idx, fd) in to_submit {
+        for &(pos, chunk_idx, fd) in &to_submit {
             self.submit_chunk(pos, chunk_idx, fd)?;
         }
+        to_submit.clear();
+        self.to_submit = to_submit;
         Ok(())
     }
 
@@ -281,13 +349,21 @@ impl Replay<'_> {
     }
 
     fn reap(&mut self) -> Result<()> {
-        let completions: Vec<(u64, i32)> = self
-            .engine
-            .ring
-            .completion()
-            .map(|cqe| (cqe.user_data(), cqe.result()))
-            .collect();
-        for (data, result) in completions {
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.extend(
+            self.engine
+                .ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result())),
+        );
+        let result = self.handle_completions(&completions);
+        completions.clear();
+        self.completions = completions;
+        result
+    }
+
+    fn handle_completions(&mut self, completions: &[(u64, i32)]) -> Result<()> {
+        for &(data, result) in completions {
             self.in_flight -= 1;
             let op = data & 0xff;
             let item_no = data >> 32;
@@ -305,8 +381,7 @@ impl Replay<'_> {
                     }
                     // SAFETY: the kernel returned a new descriptor that we now own.
                     let file = unsafe { File::from_raw_fd(result) };
-                    check_regular_of_size(&file, &state.entry)?;
-                    state.file = Some(file);
+                    state.file = Some(opened(file, &state.entry)?);
                 }
                 OP_READ => {
                     let base = state.delivered / CHUNK as u64;
@@ -350,7 +425,9 @@ impl Replay<'_> {
                         sink.file_data(&chunk.buf[..chunk.len])?;
                         state.delivered += chunk.len as u64;
                         self.bytes_ahead -= chunk.len;
-                        self.engine.spare.push(chunk.buf);
+                        if chunk.buf.len() == CHUNK && self.engine.spare.len() < SPARE_BUFFERS {
+                            self.engine.spare.push(chunk.buf);
+                        }
                     }
                     if state.delivered < state.entry.size {
                         return Ok(());

@@ -11,19 +11,20 @@
 //! Re-parsing costs a few milliseconds per layer and keeps memory flat however many files the
 //! layer has.
 
+pub mod blocks;
 mod replay_sink;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::digest::Digest;
 use crate::io::{LayerDir, ReadEngine, ReplaySink};
 use crate::model::{Layer, LayerContent};
 use crate::tarsplit::{Entry, TarSplitReader};
 
+pub use blocks::{Block, BlockSink, WriteBlocks, BLOCK_SIZE};
 pub use replay_sink::VerifyingSink;
 
 /// What measuring a layer's tar-split tells before any file is read.
@@ -78,7 +79,7 @@ pub fn rebuild_layer(
     layer: &Layer,
     expected_size: u64,
     engine: &mut dyn ReadEngine,
-    out: &mut dyn Write,
+    out: &mut dyn BlockSink,
 ) -> Result<()> {
     let mut sink = VerifyingSink::new(out);
     match &layer.content {
@@ -135,13 +136,4 @@ fn copy_tar_file(path: &Path, sink: &mut VerifyingSink) -> Result<()> {
         }
         sink.segment(&buf[..n])?;
     }
-}
-
-/// Rebuilds a layer into memory and returns its digest; for tests and small layers.
-pub fn rebuild_to_vec(layer: &Layer, engine: &mut dyn ReadEngine) -> Result<(Vec<u8>, Digest)> {
-    let measure = measure_layer(layer)?;
-    let mut out = Vec::with_capacity(measure.tar_size as usize);
-    rebuild_layer(layer, measure.tar_size, engine, &mut out)?;
-    let digest = Digest::of(&out);
-    Ok((out, digest))
 }

@@ -18,6 +18,7 @@ use super::output::{absolute, refuse_inside};
 use super::plan::{Body, Plan};
 use super::writer::{BlobProducer, Progress};
 use crate::interrupt;
+use crate::reassembly::{Block, BlockSink};
 
 /// Entries of a docker archive that are Docker's, not OCI's.
 const DOCKER_ONLY: [&str; 2] = ["manifest.json", "repositories"];
@@ -141,15 +142,13 @@ struct CountingWriter<'a> {
     progress: &'a Progress,
 }
 
-impl Write for CountingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+impl BlockSink for CountingWriter<'_> {
+    fn put(&mut self, block: Block) -> Result<()> {
+        self.file.write_all(&block).context("writing a blob")?;
+        self.progress
+            .bytes
+            .fetch_add(block.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 }
 

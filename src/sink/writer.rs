@@ -21,11 +21,12 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::plan::{Body, Plan};
 use super::tar;
+use crate::reassembly::{Block, BlockSink};
 
 /// Produces blob bytes on demand; called from worker threads.
 pub trait BlobProducer: Sync {
     /// Writes blob `index` of the plan, exactly its planned size, to `out`.
-    fn produce(&self, index: usize, out: &mut dyn Write) -> Result<()>;
+    fn produce(&self, index: usize, out: &mut dyn BlockSink) -> Result<()>;
 }
 
 /// Bytes written so far, for progress reporting.
@@ -201,26 +202,24 @@ struct PositionalWriter<'a> {
     progress: &'a Progress,
 }
 
-impl Write for PositionalWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.offset + buf.len() as u64 > self.end {
-            return Err(io::Error::other("blob is larger than planned"));
+impl BlockSink for PositionalWriter<'_> {
+    fn put(&mut self, block: Block) -> Result<()> {
+        if self.offset + block.len() as u64 > self.end {
+            bail!("blob is larger than planned");
         }
-        self.file.write_all_at(buf, self.offset)?;
-        self.offset += buf.len() as u64;
+        self.file
+            .write_all_at(&block, self.offset)
+            .context("writing the archive")?;
+        self.offset += block.len() as u64;
         self.progress
             .bytes
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
+            .fetch_add(block.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
 
 /// What a streaming worker sends: data blocks, then nothing (success) or an error.
-type Block = Result<Vec<u8>, String>;
+type Message = Result<Block, String>;
 
 fn write_streaming(
     plan: &Plan,
@@ -231,8 +230,8 @@ fn write_streaming(
     progress: &Progress,
 ) -> Result<()> {
     let order = blob_order(plan);
-    let mut senders: Vec<Option<SyncSender<Block>>> = Vec::new();
-    let mut receivers: Vec<Option<Receiver<Block>>> = Vec::new();
+    let mut senders: Vec<Option<SyncSender<Message>>> = Vec::new();
+    let mut receivers: Vec<Option<Receiver<Message>>> = Vec::new();
     for _ in &order {
         let (tx, rx) = sync_channel(STREAM_DEPTH);
         senders.push(Some(tx));
@@ -309,20 +308,15 @@ fn write_streaming(
     })
 }
 
-/// Sends a worker's output to the writing thread.
+/// Sends a worker's blocks to the writing thread (shared, not copied).
 struct ChannelWriter<'a> {
-    tx: &'a SyncSender<Block>,
+    tx: &'a SyncSender<Message>,
 }
 
-impl Write for ChannelWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+impl BlockSink for ChannelWriter<'_> {
+    fn put(&mut self, block: Block) -> Result<()> {
         self.tx
-            .send(Ok(buf.to_vec()))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "archive writer stopped"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+            .send(Ok(block))
+            .map_err(|_| anyhow!("the archive writer stopped"))
     }
 }
