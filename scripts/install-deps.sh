@@ -3,10 +3,10 @@
 # quiet when everything is already present; apt only runs if something is missing.
 set -euo pipefail
 
-PKGS=(docker.io skopeo umoci pigz zstd tar-split busybox-static python3 openssl ca-certificates)
+PKGS=(docker.io skopeo umoci podman docker-registry pigz zstd tar-split busybox-static python3 openssl ca-certificates)
 
 missing=()
-for cmd in dockerd containerd runc skopeo umoci pigz zstd tar-split python3 openssl; do
+for cmd in dockerd containerd runc skopeo umoci podman docker-registry pigz zstd tar-split python3 openssl; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 # Absolute paths: /usr/local/bin/docker may shadow the Debian CLI. Test images copy

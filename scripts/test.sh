@@ -13,6 +13,7 @@ cd "$root"
 
 work=$(mktemp -d /tmp/oe.XXXXXX)
 cleanup() {
+	[ -f "$work/registry.pid" ] && kill "$(cat "$work/registry.pid")" 2>/dev/null || true
 	"$root/scripts/dockerd.sh" stop "$work/a" >/dev/null 2>&1 || true
 	"$root/scripts/dockerd.sh" stop "$work/b" >/dev/null 2>&1 || true
 	rm -rf "$work"
@@ -28,6 +29,25 @@ echo "test.sh: starting two private Docker engines under $work" >&2
 first=$(sed -n 's/^export DOCKER_HOST=//p' "$work/a.env")
 second=$(sed -n 's/^export DOCKER_HOST=//p' "$work/b.env")
 
+# A real registry on loopback, for the push/pull round trip.
+registry_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$work/registry.yml" <<YAML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: 127.0.0.1:$registry_port
+log:
+  level: error
+YAML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+echo $! >"$work/registry.pid"
+for _ in $(seq 1 50); do
+	python3 -c "import socket; socket.create_connection(('127.0.0.1', $registry_port), 0.2)" 2>/dev/null && break
+	sleep 0.2
+done
+
 echo "test.sh: building test images" >&2
 DOCKER_HOST="$first" python3 tests/support/make_images.py \
 	--list "$work/images.txt" --expect "$work/expect.json"
@@ -36,4 +56,5 @@ export OE_TEST_DATA_ROOT="$work/a/data"
 export OE_TEST_DOCKER_HOST="$first"
 export OE_TEST_SECOND_DOCKER_HOST="$second"
 export OE_TEST_EXPECT="$work/expect.json"
+export OE_TEST_REGISTRY="127.0.0.1:$registry_port"
 cargo test --all-targets "$@"

@@ -223,3 +223,87 @@ fn exports_never_write_under_the_data_root() {
     assert!(!inside.exists());
     assert_eq!(before, snapshot(&engine.data_root), "the data root changed");
 }
+
+#[test]
+fn podman_loads_the_archive_with_the_same_ids() {
+    let Some(engine) = engine() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("some.tar");
+    let tags = [
+        "oe-test/classic:latest",
+        "oe-test/buildkit:latest",
+        "oe-test/load-pax:latest",
+    ];
+    export_to(&engine, &tags, &archive, &[]);
+    let storage = dir.path().to_str().unwrap();
+    let podman = |args: &[&str]| {
+        let out = Command::new("podman")
+            .args([
+                "--root",
+                &format!("{storage}/root"),
+                "--runroot",
+                &format!("{storage}/run"),
+            ])
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--events-backend",
+                "none",
+                "--cgroup-manager",
+                "cgroupfs",
+            ])
+            .args(args)
+            .output()
+            .expect("running podman");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    podman(&["load", "-i", archive.to_str().unwrap()]);
+    for tag in tags {
+        let id = podman(&["image", "inspect", "--format", "{{.ID}}", tag]);
+        assert_eq!(
+            format!("sha256:{}", id.trim()),
+            engine.images[tag].id.to_string(),
+            "{tag}"
+        );
+    }
+}
+
+#[test]
+fn pushes_to_a_registry_and_pulls_back_the_same_image() {
+    let Some(engine) = engine() else { return };
+    let registry = std::env::var("OE_TEST_REGISTRY").expect("scripts/test.sh starts a registry");
+    let dir = tempfile::tempdir().unwrap();
+    for tag in ["oe-test/classic:latest", "oe-test/load-nonutf8:latest"] {
+        let archive = dir.path().join("one.tar");
+        export_to(&engine, &[tag], &archive, &[]);
+        let remote = format!("{registry}/pushed/{}", tag.trim_start_matches("oe-test/"));
+        let out = Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false", "--quiet"])
+            .arg(format!("docker-archive:{}", archive.display()))
+            .arg(format!("docker://{remote}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "push {tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The engine pulls it back (loopback registries need no TLS) under the same image ID.
+        docker(&engine.second_host, &["pull", "-q", &remote]);
+        let id = docker(
+            &engine.second_host,
+            &["image", "inspect", "--format", "{{.Id}}", &remote],
+        )
+        .stdout;
+        assert_eq!(
+            String::from_utf8(id).unwrap().trim(),
+            engine.images[tag].id.to_string(),
+            "{tag}"
+        );
+    }
+}

@@ -166,3 +166,41 @@ fn oci_dir_output_is_a_valid_layout() {
     }
     assert!(!layout.join("manifest.json").exists(), "OCI layout only");
 }
+
+#[test]
+fn digest_references_resolve_without_recording_a_tag() {
+    // Pulled images are also recorded by their manifest digest: `name@sha256:…`.
+    let (id, _) = expected();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let status = std::process::Command::new("cp")
+        .args([
+            "-a",
+            sample_root().to_str().unwrap(),
+            root.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest_digest = Digest::of(b"a manifest this engine pulled");
+    let repos = root.join("image/overlay2/repositories.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&repos).unwrap()).unwrap();
+    json["Repositories"]["sample"][format!("sample@{manifest_digest}")] =
+        serde_json::json!(id.to_string());
+    std::fs::write(&repos, serde_json::to_vec(&json).unwrap()).unwrap();
+
+    let input = format!("docker.io/library/sample@{manifest_digest}");
+    let out = run_ok(&["--data-root", root.to_str().unwrap(), &input]);
+    let images = verify_docker_archive(&read_archive(&out.stdout));
+    assert_eq!(images[0].config_digest, id);
+    assert!(
+        images[0].repo_tags.is_empty(),
+        "a digest reference is not a tag"
+    );
+
+    let unknown = format!("sample@{}", Digest::of(b"never pulled"));
+    assert!(!run(&["--data-root", root.to_str().unwrap(), &unknown])
+        .status
+        .success());
+}
