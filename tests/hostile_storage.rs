@@ -103,7 +103,8 @@ fn member_replaced_by_a_fifo_is_refused_without_hanging() {
 
 #[test]
 fn member_replaced_by_a_symlink_to_a_directory_is_refused() {
-    // "/" is the layer root under confinement; ".." would be the diff dir's parent on the host.
+    // Under confinement all three name a directory of the layer ("/" and "/data" would be the
+    // host's own on a naive reader): the read must be refused, never attempted on a directory.
     for target in ["/", "..", "/data"] {
         let s = Sample::new();
         fs::remove_file(member_path(&s)).unwrap();
