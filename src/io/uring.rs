@@ -65,6 +65,11 @@ pub struct UringEngine {
     ring: IoUring,
     /// Shared by every open; boxed so its address is stable while the kernel may read it.
     how: Box<types::OpenHow>,
+    /// `how` without O_NOATIME, which the kernel refuses (EPERM) for files we do not own unless
+    /// we hold CAP_FOWNER: not root, or root without that capability.
+    how_without_noatime: Box<types::OpenHow>,
+    /// Whether opens still ask for O_NOATIME (cleared on the first EPERM).
+    use_noatime: bool,
     /// Reusable CHUNK-sized buffers.
     spare: Vec<Vec<u8>>,
 }
@@ -74,9 +79,16 @@ impl UringEngine {
         let ring = IoUring::new(RING_ENTRIES).map_err(|e| anyhow!("io_uring_setup failed: {e}"))?;
         let h = member_open_how();
         let how = Box::new(types::OpenHow::new().flags(h.flags).resolve(h.resolve));
+        let how_without_noatime = Box::new(
+            types::OpenHow::new()
+                .flags(h.flags & !(libc::O_NOATIME as u64))
+                .resolve(h.resolve),
+        );
         Ok(UringEngine {
             ring,
             how,
+            how_without_noatime,
+            use_noatime: true,
             spare: Vec::new(),
         })
     }
@@ -90,11 +102,12 @@ enum Item {
 
 struct FileState {
     entry: FileEntry,
-    /// Read by the kernel, not by us: it must stay alive until the open completes.
-    #[allow(dead_code)]
+    /// Read by the kernel: it must stay alive until the open completes.
     name: CString,
     file: Option<File>,
     open_pending: bool,
+    /// Whether the open asked for O_NOATIME (and may be retried without it).
+    noatime: bool,
     /// Next file offset to issue a read for.
     next_read: u64,
     /// Chunks in file order; `chunks[0]` starts at `delivered`.
@@ -115,6 +128,8 @@ struct Chunk {
 /// The per-replay scheduler state.
 struct Replay<'e> {
     engine: &'e mut UringEngine,
+    /// The layer directory every member is opened relative to.
+    dir_fd: i32,
     queue: VecDeque<Item>,
     /// Queue positions are stable for user_data: item `i` is at `queue[i - popped]`.
     popped: u64,
@@ -127,6 +142,12 @@ struct Replay<'e> {
     /// Reused between loop turns, to keep allocation out of the hot loop.
     to_submit: Vec<(usize, usize, i32)>,
     completions: Vec<(u64, i32)>,
+}
+
+/// An `openat2` of `name` relative to `dir_fd`. The kernel reads `how` and `name` when the entry
+/// is submitted: both must stay alive and in place until the open completes.
+fn open_sqe(how: &types::OpenHow, dir_fd: i32, name: &CString) -> io_uring::squeue::Entry {
+    opcode::OpenAt2::new(types::Fd(dir_fd), name.as_ptr(), how).build()
 }
 
 fn user_data(item: u64, chunk: u64, op: u64) -> u64 {
@@ -158,6 +179,7 @@ impl ReadEngine for UringEngine {
     ) -> Result<()> {
         let mut replay = Replay {
             engine: self,
+            dir_fd: dir.fd().as_raw_fd(),
             queue: VecDeque::new(),
             popped: 0,
             in_flight: 0,
@@ -224,17 +246,29 @@ impl Replay<'_> {
         // worker thread. Only lookups that would touch the disk go through the ring.
         let mut cached_how = member_open_how();
         cached_how.resolve |= libc::RESOLVE_CACHED;
-        let file = match openat2(dir.fd().as_raw_fd(), &name, &cached_how) {
-            Ok(fd) => Some(opened(File::from(fd), &entry)?),
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => None,
-            Err(e) => bail!("file {:?}: cannot open it: {e}", entry.display_name()),
+        let file = loop {
+            if !self.engine.use_noatime {
+                cached_how.flags &= !(libc::O_NOATIME as u64);
+            }
+            match openat2(dir.fd().as_raw_fd(), &name, &cached_how) {
+                Ok(fd) => break Some(opened(File::from(fd), &entry)?),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break None,
+                // O_NOATIME is refused for files we do not own without CAP_FOWNER; retry without
+                // it, as the plain engine does, or a run without root fails on every file.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) && self.engine.use_noatime => {
+                    self.engine.use_noatime = false;
+                }
+                Err(e) => bail!("file {:?}: cannot open it: {e}", entry.display_name()),
+            }
         };
         let open_pending = file.is_none();
+        let noatime = self.engine.use_noatime;
         self.queue.push_back(Item::File(Box::new(FileState {
             entry,
             name,
             file,
             open_pending,
+            noatime,
             next_read: 0,
             chunks: VecDeque::new(),
             delivered: 0,
@@ -246,13 +280,12 @@ impl Replay<'_> {
         let Some(Item::File(state)) = self.queue.back() else {
             unreachable!("just pushed")
         };
-        let sqe = opcode::OpenAt2::new(
-            types::Fd(dir.fd().as_raw_fd()),
-            state.name.as_ptr(),
-            &*self.engine.how,
-        )
-        .build()
-        .user_data(user_data(item_no, 0, OP_OPEN));
+        let how = if noatime {
+            &self.engine.how
+        } else {
+            &self.engine.how_without_noatime
+        };
+        let sqe = open_sqe(how, self.dir_fd, &state.name).user_data(user_data(item_no, 0, OP_OPEN));
         self.push(sqe)
     }
 
@@ -375,6 +408,17 @@ impl Replay<'_> {
             match op {
                 OP_OPEN => {
                     state.open_pending = false;
+                    if result == -libc::EPERM && state.noatime {
+                        // O_NOATIME refused (a file we do not own): open again without it.
+                        state.noatime = false;
+                        state.open_pending = true;
+                        let sqe =
+                            open_sqe(&self.engine.how_without_noatime, self.dir_fd, &state.name)
+                                .user_data(data);
+                        self.engine.use_noatime = false;
+                        self.push(sqe)?;
+                        continue;
+                    }
                     if result < 0 {
                         let e = std::io::Error::from_raw_os_error(-result);
                         bail!("file {:?}: cannot open it: {e}", state.entry.display_name());

@@ -58,8 +58,11 @@ pub fn write_dir(
         .with_context(|| format!("{} has no name", target.display()))?
         .to_string_lossy();
     let temp = target.with_file_name(format!(".{name}.{}.oci-export-partial", std::process::id()));
-    std::fs::create_dir(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+    // Registered before it exists, so a signal right after its creation cannot leave it behind.
     interrupt::register(&temp);
+    std::fs::create_dir(&temp)
+        .with_context(|| format!("cannot create {}", temp.display()))
+        .inspect_err(|_| interrupt::unregister(&temp))?;
     let guard = RemoveOnDrop(Some(temp.clone()));
 
     for entry in &plan.entries {

@@ -18,6 +18,9 @@ pub struct Output {
     positional_base: Option<u64>,
     /// For `-o`: the temporary file beside the target, and the target.
     rename: Option<(PathBuf, PathBuf)>,
+    /// For stdout redirected to a regular file: the length to cut the file back to if the export
+    /// fails, so no partial archive is left behind.
+    restore_len: Option<u64>,
     committed: bool,
 }
 
@@ -43,10 +46,19 @@ impl Output {
         } else {
             None
         };
+        // With O_APPEND (`>> file`) every write lands at the end of the file, so the archive
+        // starts at the file's current length whatever the offset. Without remembering it, a
+        // failed export left half an archive glued to the file.
+        let restore_len = match positional_base {
+            Some(base) => Some(base),
+            None if meta.file_type().is_file() => Some(meta.len()),
+            None => None,
+        };
         Ok(Output {
             file,
             positional_base,
             rename: None,
+            restore_len,
             committed: false,
         })
     }
@@ -73,18 +85,22 @@ impl Output {
             .with_context(|| format!("{} has no file name", target.display()))?
             .to_string_lossy();
         let temp = dir.join(format!(".{base}.{}.oci-export-partial", std::process::id()));
+        // Registered before it exists: a signal arriving just after the file is created (but
+        // before a later registration) would otherwise leave it behind.
+        interrupt::register(&temp);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
             .custom_flags(libc::O_CLOEXEC)
             .open(&temp)
-            .with_context(|| format!("cannot create {}", temp.display()))?;
-        interrupt::register(&temp);
+            .with_context(|| format!("cannot create {}", temp.display()))
+            .inspect_err(|_| interrupt::unregister(&temp))?;
         Ok(Output {
             file,
             positional_base: Some(0),
             rename: Some((temp, target)),
+            restore_len: None,
             committed: false,
         })
     }
@@ -127,8 +143,8 @@ impl Drop for Output {
         if let Some((temp, _)) = &self.rename {
             let _ = std::fs::remove_file(temp);
             interrupt::unregister(temp);
-        } else if let Some(base) = self.positional_base {
-            let _ = self.file.set_len(base);
+        } else if let Some(len) = self.restore_len {
+            let _ = self.file.set_len(len);
         }
     }
 }

@@ -14,4 +14,6 @@ mod entry;
 mod reader;
 
 pub use entry::{Entry, FileEntry};
-pub use reader::{clean_path, TarSplitError, TarSplitReader, TarSplitReaderInput as TarSplitInput};
+pub use reader::{
+    clean_path, TarSplitError, TarSplitReader, TarSplitReaderInput as TarSplitInput, MAX_FILE_SIZE,
+};

@@ -23,7 +23,9 @@ const MAX_LINE_LEN: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TarSplitError {
-    #[error("reading tar-split (gzip stream damaged or truncated?): {0}")]
+    // The I/O error is the source, not part of this message: error chains (`{:#}`) print
+    // sources after the message, so naming it here too printed every cause twice.
+    #[error("reading tar-split (gzip stream damaged or truncated?)")]
     Io(#[from] io::Error),
     #[error("tar-split line {line}: {reason}")]
     Malformed { line: u64, reason: String },

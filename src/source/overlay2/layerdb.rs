@@ -49,7 +49,7 @@ fn load_layer(store: &Overlay2Store, diff_id: &Digest, chain_id: &Digest) -> Res
     let dir = layer_dir(store, chain_id);
     let origin = format!("layer {diff_id} (layerdb {})", dir.display());
     let context = || origin.clone();
-    if !dir.is_dir() {
+    if !exists(&dir, Kind::Dir).with_context(context)? {
         bail!("{}: the layer directory is missing", context());
     }
     let recorded: Digest = read_small(&dir.join("diff"))
@@ -69,7 +69,7 @@ fn load_layer(store: &Overlay2Store, diff_id: &Digest, chain_id: &Digest) -> Res
         .join("overlay2")
         .join(&cache_id)
         .join("diff");
-    if !file_root.is_dir() {
+    if !exists(&file_root, Kind::Dir).with_context(context)? {
         bail!(
             "{}: its files directory {} is missing",
             context(),
@@ -79,7 +79,7 @@ fn load_layer(store: &Overlay2Store, diff_id: &Digest, chain_id: &Digest) -> Res
     let tar_split = dir.join("tar-split.json.gz");
     // Without its tar-split the layer can only be regenerated from the directory, which the
     // export decides (it changes the diff_id); the source just reports what is there.
-    let content = if tar_split.is_file() {
+    let content = if exists(&tar_split, Kind::File).with_context(context)? {
         LayerContent::TarSplit {
             tar_split,
             file_root,
@@ -106,6 +106,30 @@ fn check_cache_id(cache_id: &str) -> Result<()> {
         bail!("cache-id {cache_id:?} is not a valid layer directory name");
     }
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    File,
+    Dir,
+}
+
+/// Whether `path` exists as a `kind`. Unlike `Path::is_dir`, a permission error is an error:
+/// reporting an unreadable directory as "missing" sent users looking for the wrong problem.
+fn exists(path: &Path, kind: Kind) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(match kind {
+            Kind::File => meta.is_file(),
+            Kind::Dir => meta.is_dir(),
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => bail!(
+            "permission denied reading {}: Docker's data root is readable by root only; run \
+             oci-export as root (e.g. with sudo)",
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// Reads one of layerdb's small metadata files, trimmed.

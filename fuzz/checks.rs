@@ -1,0 +1,102 @@
+//! The properties the fuzz targets check, shared with the stable replay test
+//! (`tests/fuzz_replay.rs`), which includes this file with `#[path]`.
+
+// Each fuzz target uses only its own check.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::Write;
+
+use oci_export::reference::Reference;
+use oci_export::tarsplit::{clean_path, Entry, TarSplitReader};
+
+/// Every entry the parser yields, and how the stream ended (`Err` carries the message).
+fn parse_all<I>(reader: I) -> (Vec<Entry>, Result<(), String>)
+where
+    I: Iterator<Item = Result<Entry, oci_export::tarsplit::TarSplitError>>,
+{
+    let mut entries = Vec::new();
+    for item in reader {
+        match item {
+            Ok(e) => entries.push(e),
+            Err(e) => return (entries, Err(e.to_string())),
+        }
+    }
+    (entries, Ok(()))
+}
+
+/// What the parser promises about the entries it lets through.
+fn check_entries(entries: &[Entry], end: &Result<(), String>) {
+    let mut seen = HashSet::new();
+    for e in entries {
+        if let Entry::File(f) = e {
+            assert!(
+                !f.name.is_empty() && !f.name.contains(&0),
+                "bad name passed"
+            );
+            assert!(f.size <= oci_export::tarsplit::MAX_FILE_SIZE, "size passed");
+            assert_eq!(f.crc64.is_some(), f.size > 0, "CRC presence");
+            assert!(seen.insert(clean_path(&f.name)), "duplicate path passed");
+        }
+    }
+    if end.is_ok() {
+        assert!(
+            matches!(entries.last(), Some(Entry::Segment(_))),
+            "a stream not ending in a segment was accepted"
+        );
+    }
+}
+
+/// [`tarsplit`] without the gzip round trip (which dominates its cost); returns the plain parse.
+pub fn tarsplit_parse(data: &[u8]) -> (Vec<Entry>, Result<(), String>) {
+    let (entries, end) = parse_all(TarSplitReader::gzipped(data));
+    check_entries(&entries, &end);
+
+    let (plain_entries, plain_end) = parse_all(TarSplitReader::plain(data));
+    check_entries(&plain_entries, &plain_end);
+    (plain_entries, plain_end)
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// Feeds `data` to the tar-split parser as a gzip stream and as plain JSON lines; the plain
+/// result must also equal the result for the same text gzipped.
+pub fn tarsplit(data: &[u8]) {
+    let (plain_entries, plain_end) = tarsplit_parse(data);
+    let gz = gzip(data);
+    let (gz_entries, gz_end) = parse_all(TarSplitReader::gzipped(&gz[..]));
+    assert_eq!(plain_entries, gz_entries, "plain and gzipped parses differ");
+    assert_eq!(
+        plain_end, gz_end,
+        "plain and gzipped parses end differently"
+    );
+}
+
+/// Parses `data` as an image reference; whatever parses must print back consistently.
+pub fn reference(data: &[u8]) {
+    let Ok(input) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(r) = Reference::parse(input) else {
+        return;
+    };
+    // The full form names exactly this reference.
+    let full = r.full_string();
+    assert_eq!(
+        Reference::parse(&full).as_ref(),
+        Ok(&r),
+        "{input:?} printed as {full:?} does not parse back"
+    );
+    // The familiar form (repositories.json's key) is deliberately not checked for a round trip:
+    // like Docker's FamiliarString (distribution/reference) it is ambiguous by design.
+    // `docker.io/a.b/c` is familiar `a.b/c`, which names registry `a.b`; `docker.io/a__b.c/d`
+    // gives `a__b.c/d`, which does not parse. The keys Docker writes follow the same rules.
+    let _ = r.familiar_string();
+    let tagged = r.clone().with_default_tag();
+    assert!(tagged.tag.is_some() || tagged.digest.is_some());
+    let _ = (r.familiar_name(), r.full_name());
+}

@@ -1,0 +1,7 @@
+//! Image references (what users type) through the normalizing parser.
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::reference(data));
