@@ -15,7 +15,7 @@ use crate::reassembly::{measure_layer, missing_tar_split, rebuild_layer, BlockSi
 use crate::regenerate::{needs_regeneration, regenerate_image, Scratch};
 use crate::sink::output::Output;
 use crate::sink::plan::{media_type, BlobInfo};
-use crate::sink::writer::{write_archive, BlobProducer, Progress};
+use crate::sink::writer::{write_archive, BlobProducer, Progress, WriteOptions};
 use crate::sink::{docker_archive, oci_dir};
 use crate::source::overlay2::Overlay2Store;
 use crate::source::ImageStore;
@@ -196,15 +196,15 @@ pub fn run(req: &ExportRequest) -> Result<()> {
                 Some(path) => Output::file(path, &req.data_root)?,
                 None => Output::stdout()?,
             };
-            let len = write_archive(
-                &plan,
-                &producer,
-                output.file_handle(),
-                output.positional_base(),
-                req.jobs,
-                &progress,
-            )?;
-            confirm(&store, &set.inputs, &stored)?;
+            let opts = WriteOptions {
+                file: output.file_handle(),
+                positional_base: output.positional_base(),
+                jobs: req.jobs,
+                progress: &progress,
+            };
+            let len = write_archive(&plan, &producer, &opts, &|| {
+                confirm(&store, &set.inputs, &stored)
+            })?;
             output.commit(len)
         }
         Format::OciDir => {

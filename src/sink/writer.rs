@@ -67,19 +67,42 @@ fn layout(plan: &Plan) -> (Vec<Placed>, u64) {
     (placed, offset + 2 * tar::BLOCK)
 }
 
-/// Writes the archive to `file`; returns its length.
+/// How to write: where, how many layers at once, and what to count.
+pub struct WriteOptions<'a> {
+    pub file: &'a File,
+    /// `Some(offset)` when `file` takes positional writes (a regular file), `None` for a stream.
+    pub positional_base: Option<u64>,
+    pub jobs: usize,
+    pub progress: &'a Progress,
+}
+
+/// Writes the archive; returns its length.
+///
+/// `before_end` runs when everything but the end-of-archive blocks is written: an error there
+/// (the storage changed under us) leaves a stream without its end, which every tar reader
+/// rejects, rather than a complete-looking archive.
 pub fn write_archive(
     plan: &Plan,
     producer: &dyn BlobProducer,
-    file: &File,
-    positional_base: Option<u64>,
-    jobs: usize,
-    progress: &Progress,
+    opts: &WriteOptions,
+    before_end: &dyn Fn() -> Result<()>,
 ) -> Result<u64> {
     let (placed, total) = layout(plan);
-    match positional_base {
-        Some(base) => write_positional(plan, &placed, total, producer, file, base, jobs, progress)?,
-        None => write_streaming(plan, &placed, producer, file, jobs, progress)?,
+    match opts.positional_base {
+        Some(base) => {
+            write_positional(
+                plan,
+                &placed,
+                total,
+                producer,
+                opts.file,
+                base,
+                opts.jobs,
+                opts.progress,
+            )?;
+            before_end()?;
+        }
+        None => write_streaming(plan, &placed, producer, opts, before_end)?,
     }
     Ok(total)
 }
@@ -225,10 +248,10 @@ fn write_streaming(
     plan: &Plan,
     placed: &[Placed],
     producer: &dyn BlobProducer,
-    file: &File,
-    jobs: usize,
-    progress: &Progress,
+    opts: &WriteOptions,
+    before_end: &dyn Fn() -> Result<()>,
 ) -> Result<()> {
+    let (file, jobs, progress) = (opts.file, opts.jobs, opts.progress);
     let order = blob_order(plan);
     let mut senders: Vec<Option<SyncSender<Message>>> = Vec::new();
     let mut receivers: Vec<Option<Receiver<Message>>> = Vec::new();
@@ -296,6 +319,7 @@ fn write_streaming(
                 out.write_all(&[0u8; 512][..pad])
                     .context("writing the archive")?;
             }
+            before_end()?;
             out.write_all(&[0u8; 1024]).context("writing the archive")?;
             Ok(())
         })();
