@@ -2,8 +2,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 
@@ -11,6 +9,7 @@ use crate::cli::Format;
 use crate::digest::Digest;
 use crate::io::{EngineFactory, IoMode};
 use crate::model::{Image, Layer};
+use crate::parallel;
 use crate::reassembly::{measure_layer, missing_tar_split, rebuild_layer, BlockSink};
 use crate::regenerate::{needs_regeneration, regenerate_image, Scratch};
 use crate::sink::output::Output;
@@ -129,25 +128,7 @@ impl BlobProducer for LayerProducer<'_> {
 
 /// Measures every layer (pass 1 over tar-split), `jobs` at a time.
 fn measure_all(layers: &[Layer], jobs: usize) -> Result<Vec<u64>> {
-    let results: Mutex<Vec<Option<Result<u64>>>> =
-        Mutex::new((0..layers.len()).map(|_| None).collect());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, layers.len().max(1)) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(layer) = layers.get(i) else { return };
-                let r = measure_layer(layer).map(|m| m.tar_size);
-                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
-            });
-        }
-    });
-    results
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-        .into_iter()
-        .map(|r| r.expect("every layer measured"))
-        .collect()
+    parallel::map(layers, jobs, |layer| Ok(measure_layer(layer)?.tar_size))
 }
 
 /// Runs a whole export.

@@ -26,6 +26,7 @@ pub mod export;
 pub mod interrupt;
 pub mod io;
 pub mod model;
+pub mod parallel;
 pub mod progress;
 pub mod reassembly;
 pub mod reference;

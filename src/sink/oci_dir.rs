@@ -9,8 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 
@@ -18,6 +17,7 @@ use super::output::{absolute, refuse_inside};
 use super::plan::{Body, Plan};
 use super::writer::{BlobProducer, Progress};
 use crate::interrupt;
+use crate::parallel;
 use crate::reassembly::{Block, BlockSink};
 
 /// Entries of a docker archive that are Docker's, not OCI's.
@@ -84,32 +84,9 @@ pub fn write_dir(
             _ => None,
         })
         .collect();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, blobs.len().max(1)) {
-            scope.spawn(|| loop {
-                if failed.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Some((path, blob)) = blobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                    return;
-                };
-                if let Err(e) = write_blob(path, *blob, producer, progress) {
-                    failed.store(true, Ordering::Relaxed);
-                    first_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(e);
-                    return;
-                }
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
+    parallel::map(&blobs, jobs, |(path, blob)| {
+        write_blob(path, *blob, producer, progress)
+    })?;
     before_commit()?;
 
     if target.exists() {

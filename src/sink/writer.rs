@@ -21,6 +21,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::plan::{Body, Plan};
 use super::tar;
+use crate::parallel;
 use crate::reassembly::{Block, BlockSink};
 
 /// Produces blob bytes on demand; called from worker threads.
@@ -149,48 +150,20 @@ fn write_positional(
     file.write_all_at(&[0u8; 1024], base + total - 1024)
         .context("writing the archive")?;
 
-    let order = blob_order(plan);
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, order.len().max(1)) {
-            scope.spawn(|| loop {
-                if failed.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Some(&(pos, blob)) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                    return;
-                };
-                let mut out = PositionalWriter {
-                    file,
-                    offset: base + placed[pos].data_offset,
-                    end: base + placed[pos].data_offset + placed[pos].size,
-                    progress,
-                };
-                if let Err(e) = producer.produce(blob, &mut out) {
-                    failed.store(true, Ordering::Relaxed);
-                    first_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(e);
-                    return;
-                }
-                if out.offset != out.end {
-                    failed.store(true, Ordering::Relaxed);
-                    first_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(anyhow!("blob {} ended early", plan.blobs[blob].digest));
-                    return;
-                }
-            });
+    parallel::map(&blob_order(plan), jobs, |&(pos, blob)| {
+        let mut out = PositionalWriter {
+            file,
+            offset: base + placed[pos].data_offset,
+            end: base + placed[pos].data_offset + placed[pos].size,
+            progress,
+        };
+        producer.produce(blob, &mut out)?;
+        if out.offset != out.end {
+            bail!("blob {} ended early", plan.blobs[blob].digest);
         }
-    });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// Reserves the space up front, so a full disk is reported before work is done.
