@@ -18,9 +18,14 @@
 //!                             layout directory, and write it to stdout or atomically to a file
 //! ```
 //!
+//! Two optional stages sit beside that path: `compress` turns a layer tar into a gzip or zstd
+//! blob (deterministically, on every core), and `cache` keeps compressed blobs for reuse.
+//!
 //! `export` ties the stages together; `cli` and `main.rs` are thin glue.
 
+pub mod cache;
 pub mod cli;
+pub mod compress;
 pub mod digest;
 pub mod export;
 pub mod interrupt;

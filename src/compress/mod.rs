@@ -1,0 +1,299 @@
+//! Layer compression: turn an uncompressed layer tar into a gzip or zstd blob, hashing the
+//! compressed bytes as they leave.
+//!
+//! A [`Compressor`] is a [`Write`] sink: the reassembler writes the layer tar into it, and
+//! [`Compressor::finish`] returns the blob's digest and size once the last compressed byte has
+//! reached the output. Both codecs use every core they are given.
+//!
+//! **Output is deterministic.** For a given algorithm and level the compressed bytes — and so
+//! the blob digest — depend only on the input bytes: not on `jobs`, not on how the input was cut
+//! into `write` calls, not on `flush` calls. Registries and caches key on that digest, so a
+//! re-export on a machine with a different core count must produce the same blob.
+//! - gzip cuts the input into fixed-size blocks whatever the thread count (see `gzip`).
+//! - zstd always runs libzstd's multithreaded mode, whose output is the same for any number of
+//!   workers ≥ 1 but differs from its single-thread mode (see `zstd`).
+
+mod gzip;
+mod zstd;
+
+use std::fmt;
+use std::io::{self, Write};
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+
+use crate::digest::{Digest, Sha256Hasher};
+
+/// OCI media type of an uncompressed layer.
+pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// OCI media type of a gzip-compressed layer.
+pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// OCI media type of a zstd-compressed layer.
+pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// A layer compression algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algorithm {
+    Gzip,
+    Zstd,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 2] = [Algorithm::Gzip, Algorithm::Zstd];
+
+    /// The lowercase name used on the command line and in cache keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Gzip => "gzip",
+            Algorithm::Zstd => "zstd",
+        }
+    }
+
+    /// The OCI layer media type of a blob compressed with this algorithm.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Algorithm::Gzip => MEDIA_TYPE_LAYER_GZIP,
+            Algorithm::Zstd => MEDIA_TYPE_LAYER_ZSTD,
+        }
+    }
+
+    /// The levels accepted for this algorithm.
+    ///
+    /// zstd's negative "fast" levels are left out: they trade so much ratio that an
+    /// uncompressed layer is the better choice when speed matters that much.
+    pub fn levels(self) -> RangeInclusive<i32> {
+        match self {
+            Algorithm::Gzip => 1..=9,
+            Algorithm::Zstd => 1..=22,
+        }
+    }
+}
+
+/// The OCI media type of a layer blob: compressed with `algorithm`, or a plain tar for `None`.
+pub fn layer_media_type(algorithm: Option<Algorithm>) -> &'static str {
+    algorithm.map_or(MEDIA_TYPE_LAYER_TAR, Algorithm::media_type)
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown compression algorithm {0:?}: expected gzip or zstd")]
+pub struct UnknownAlgorithm(pub String);
+
+impl FromStr for Algorithm {
+    type Err = UnknownAlgorithm;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gzip" => Ok(Algorithm::Gzip),
+            "zstd" => Ok(Algorithm::Zstd),
+            _ => Err(UnknownAlgorithm(s.to_string())),
+        }
+    }
+}
+
+impl serde::Serialize for Algorithm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Algorithm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How to compress layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub algorithm: Algorithm,
+    /// Compression level, within [`Algorithm::levels`]. Part of the blob's identity: the same
+    /// input at another level gives another digest.
+    pub level: i32,
+    /// Worker threads. Affects speed only, never the output bytes.
+    pub jobs: usize,
+}
+
+impl Settings {
+    /// `algorithm` at its default level, with one job per available core.
+    pub fn new(algorithm: Algorithm) -> Self {
+        Settings {
+            algorithm,
+            level: Self::default_level(algorithm),
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    /// The default level of each algorithm, chosen by measurement: the `compress` benchmark on a
+    /// 210 MB tar of system libraries (mostly machine code, so ratios are below a typical
+    /// distribution layer's), best of several runs on 2 cores:
+    ///
+    /// | level   | MB/s, 1 job | MB/s, 2 jobs | ratio |
+    /// |---------|------------:|-------------:|------:|
+    /// | zstd 1  | 360         | 454          | 2.33  |
+    /// | zstd 3  | 177         | 318          | 2.60  |
+    /// | gzip 1  | 128         | 219          | 1.97  |
+    /// | gzip 6  | 49          | 87           | 2.47  |
+    ///
+    /// - **zstd 3**, zstd's own default and what containerd and BuildKit write: it reaches the
+    ///   300 MB/s a 2-core export aims at, with blobs 11% smaller than level 1's.
+    /// - **gzip 6**, gzip's own default and what Docker, containerd and BuildKit push. zlib-rs's
+    ///   level 1 uses a much weaker "quick" strategy (blobs 25% larger), and gzip is the
+    ///   compatibility choice rather than the fast one: whoever wants speed should pick zstd.
+    ///   Level 6 scales with the cores (1.8× on 2).
+    pub fn default_level(algorithm: Algorithm) -> i32 {
+        match algorithm {
+            Algorithm::Gzip => 6,
+            Algorithm::Zstd => 3,
+        }
+    }
+
+    /// Checks the level against the algorithm and that there is at least one job.
+    pub fn validate(&self) -> Result<()> {
+        let levels = self.algorithm.levels();
+        if !levels.contains(&self.level) {
+            bail!(
+                "{} level {} is out of range {}..={}",
+                self.algorithm,
+                self.level,
+                levels.start(),
+                levels.end()
+            );
+        }
+        if self.jobs == 0 {
+            bail!("compression needs at least one job");
+        }
+        Ok(())
+    }
+}
+
+/// What a finished compression produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressedBlob {
+    /// SHA-256 of the compressed bytes: the layer's blob digest in a manifest.
+    pub digest: Digest,
+    /// Length of the compressed bytes.
+    pub size: u64,
+}
+
+/// A streaming compressor: write the uncompressed layer into it, then call
+/// [`finish`](Compressor::finish).
+///
+/// `flush` deliberately does not force compressed output: ending a gzip block or a zstd job
+/// early would change the bytes, and with them the blob digest. Everything written reaches
+/// the output by the time `finish` returns.
+///
+/// Dropping a compressor without `finish` abandons the stream (the output holds a truncated
+/// blob) and stops its worker threads.
+pub struct Compressor<'a> {
+    inner: Inner<'a>,
+}
+
+enum Inner<'a> {
+    Gzip(gzip::GzipWriter<'a>),
+    Zstd(zstd::ZstdWriter<'a>),
+}
+
+impl<'a> Compressor<'a> {
+    /// Starts a compressed stream into `out`. The gzip header is written at once.
+    pub fn new(settings: &Settings, out: &'a mut dyn Write) -> Result<Self> {
+        settings.validate()?;
+        let out = HashingWriter::new(out);
+        let inner = match settings.algorithm {
+            Algorithm::Gzip => Inner::Gzip(
+                gzip::GzipWriter::new(out, settings.level, settings.jobs)
+                    .context("starting gzip compression")?,
+            ),
+            Algorithm::Zstd => Inner::Zstd(
+                zstd::ZstdWriter::new(out, settings.level, settings.jobs)
+                    .context("starting zstd compression")?,
+            ),
+        };
+        Ok(Compressor { inner })
+    }
+
+    /// Compresses what is still buffered, ends the stream, and returns the blob's digest and
+    /// size. All compressed bytes have been written to the output when this returns (the
+    /// output itself is not flushed: that is its owner's business).
+    pub fn finish(self) -> Result<CompressedBlob> {
+        match self.inner {
+            Inner::Gzip(w) => w.finish().context("finishing gzip compression"),
+            Inner::Zstd(w) => w.finish().context("finishing zstd compression"),
+        }
+    }
+}
+
+impl Write for Compressor<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Gzip(w) => w.write(buf),
+            Inner::Zstd(w) => w.write(buf),
+        }
+    }
+
+    /// A no-op, so that callers flushing their writers cannot change the output (see
+    /// [`Compressor`]).
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Compresses `data` in memory; returns the compressed bytes and their digest and size.
+pub fn compress_to_vec(settings: &Settings, data: &[u8]) -> Result<(Vec<u8>, CompressedBlob)> {
+    let mut out = Vec::new();
+    let mut compressor = Compressor::new(settings, &mut out)?;
+    compressor
+        .write_all(data)
+        .context("compressing into memory")?;
+    let blob = compressor.finish()?;
+    Ok((out, blob))
+}
+
+/// The output side of both codecs: forwards compressed bytes and hashes and counts exactly the
+/// bytes the output accepted.
+struct HashingWriter<'a> {
+    out: &'a mut dyn Write,
+    hasher: Sha256Hasher,
+    size: u64,
+}
+
+impl<'a> HashingWriter<'a> {
+    fn new(out: &'a mut dyn Write) -> Self {
+        HashingWriter {
+            out,
+            hasher: Sha256Hasher::new(),
+            size: 0,
+        }
+    }
+
+    /// The digest and size of everything written so far.
+    fn blob(&self) -> CompressedBlob {
+        CompressedBlob {
+            digest: self.hasher.clone().finish(),
+            size: self.size,
+        }
+    }
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests;
