@@ -36,6 +36,7 @@ pub mod progress;
 pub mod reassembly;
 pub mod reference;
 pub mod regenerate;
+pub mod scratch;
 pub mod sink;
 pub mod source;
 pub mod tarsplit;

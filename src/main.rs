@@ -3,29 +3,24 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use anyhow::{Context, Result};
 use clap::Parser;
 
-use oci_export::cli::Args;
-use oci_export::export::{run, ExportRequest};
+use oci_export::cache::{self, BlobCache};
+use oci_export::cli::{Args, CacheAction, Command, Compression};
+use oci_export::compress::{Algorithm, Settings};
+use oci_export::export::{run, CacheChoice, ExportRequest};
 use oci_export::interrupt;
 use oci_export::source::overlay2::default_data_root;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     interrupt::install();
-    let request = ExportRequest {
-        images: args.images,
-        data_root: args.data_root.unwrap_or_else(default_data_root),
-        output: args.output,
-        format: args.format,
-        io_mode: args.io_mode,
-        jobs: args
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        show_progress: !args.quiet && std::io::stderr().is_terminal(),
-        regenerate_missing: args.regenerate_missing,
+    let result = match args.command {
+        Some(Command::Cache { action, cache_dir }) => cache_command(action, cache_dir),
+        None => export(args),
     };
-    match run(&request) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if is_broken_pipe(&e) {
@@ -37,6 +32,98 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn export(args: Args) -> Result<()> {
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let compression = match args.compression {
+        Compression::None => {
+            if args.level.is_some() {
+                anyhow::bail!("--level needs --compression gzip or zstd");
+            }
+            None
+        }
+        Compression::Gzip | Compression::Zstd => {
+            let algorithm = if args.compression == Compression::Gzip {
+                Algorithm::Gzip
+            } else {
+                Algorithm::Zstd
+            };
+            let mut settings = Settings::new(algorithm);
+            settings.jobs = jobs;
+            if let Some(level) = args.level {
+                settings.level = level;
+            }
+            settings.validate()?;
+            Some(settings)
+        }
+    };
+    let cache = if args.no_cache {
+        CacheChoice::None
+    } else {
+        CacheChoice::Dir(cache_dir(args.cache_dir)?)
+    };
+    run(&ExportRequest {
+        images: args.images,
+        data_root: args.data_root.unwrap_or_else(default_data_root),
+        output: args.output,
+        format: args.format,
+        io_mode: args.io_mode,
+        jobs,
+        show_progress: !args.quiet && std::io::stderr().is_terminal(),
+        regenerate_missing: args.regenerate_missing,
+        compression,
+        cache,
+    })
+}
+
+fn cache_dir(explicit: Option<std::path::PathBuf>) -> Result<std::path::PathBuf> {
+    match explicit {
+        Some(dir) => Ok(dir),
+        None => cache::default_dir().context("no cache directory: neither XDG_CACHE_HOME nor HOME is set; use --cache-dir or --no-cache"),
+    }
+}
+
+fn cache_command(action: CacheAction, dir: Option<std::path::PathBuf>) -> Result<()> {
+    let cache = BlobCache::open(cache_dir(dir)?)?;
+    match action {
+        CacheAction::Ls => {
+            let mut entries = cache.list()?;
+            entries.sort_by_key(|e| std::cmp::Reverse(e.last_used_unix_ms));
+            let mut total = 0;
+            println!(
+                "{:<71}  {:<4}  {:>5}  {:>12}  BLOB",
+                "DIFF_ID", "ALG", "LEVEL", "SIZE"
+            );
+            for e in &entries {
+                total += e.size;
+                println!(
+                    "{:<71}  {:<4}  {:>5}  {:>12}  {}",
+                    e.diff_id.to_string(),
+                    e.algorithm.to_string(),
+                    e.level,
+                    e.size,
+                    e.digest
+                );
+            }
+            println!(
+                "{} blobs, {total} bytes in {}",
+                entries.len(),
+                cache.dir().display()
+            );
+        }
+        CacheAction::Prune { max_size } => {
+            let report = cache.prune(max_size.unwrap_or(cache::DEFAULT_MAX_BYTES))?;
+            println!(
+                "removed {} blobs ({} bytes); kept {} blobs ({} bytes)",
+                report.removed_entries, report.freed_bytes, report.kept_entries, report.kept_bytes
+            );
+        }
+    }
+    Ok(())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -63,6 +63,11 @@ impl BlobCache {
         &self.dir
     }
 
+    /// Where `key`'s blob lives (whether or not it exists).
+    pub fn blob_path(&self, key: &Key) -> PathBuf {
+        self.path(key, BLOB_EXT)
+    }
+
     pub(super) fn path(&self, key: &Key, ext: &str) -> PathBuf {
         self.dir.join(format!("{}.{ext}", key.stem()))
     }

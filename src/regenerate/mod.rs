@@ -15,34 +15,23 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::digest::{Digest, Sha256Hasher};
-use crate::interrupt;
 use crate::model::{config_facts, Image, LayerContent};
+use crate::scratch::ScratchDir;
 
-/// A scratch directory for regenerated tars, removed when dropped (and on SIGINT/SIGTERM).
-pub struct Scratch {
-    dir: PathBuf,
+/// Regenerated layer tars, each made once however many images use the layer.
+pub struct Regenerated {
+    scratch: ScratchDir,
+    /// Old diff_id → (new diff_id, tar file).
     made: HashMap<Digest, (Digest, PathBuf)>,
 }
 
-impl Scratch {
-    /// Creates it under the system temporary directory, refusing the engine's data root.
+impl Regenerated {
+    /// Keeps regenerated tars in a scratch directory outside `forbidden` (the data root).
     pub fn new(forbidden: &Path) -> Result<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("oci-export-{}-regenerated", std::process::id()));
-        crate::sink::output::refuse_inside(&dir, forbidden)?;
-        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        interrupt::register(&dir);
-        Ok(Scratch {
-            dir,
+        Ok(Regenerated {
+            scratch: ScratchDir::new("regenerated", forbidden)?,
             made: HashMap::new(),
         })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        interrupt::unregister(&self.dir);
     }
 }
 
@@ -58,7 +47,7 @@ pub fn needs_regeneration(image: &Image) -> bool {
 /// Each change is reported through `report`.
 pub fn regenerate_image(
     image: &Image,
-    scratch: &mut Scratch,
+    scratch: &mut Regenerated,
     report: &mut dyn FnMut(String),
 ) -> Result<Image> {
     let mut new = image.clone();
@@ -70,7 +59,7 @@ pub fn regenerate_image(
         let (digest, path) = match scratch.made.get(&old) {
             Some(done) => done.clone(),
             None => {
-                let path = scratch.dir.join(format!("{}.tar", old.hex()));
+                let path = scratch.scratch.path().join(format!("{}.tar", old.hex()));
                 let digest = write_hashed(root, &path).with_context(|| {
                     format!("{}: regenerating from {}", layer.origin, root.display())
                 })?;

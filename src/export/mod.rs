@@ -1,23 +1,29 @@
-//! The export pipeline: source → plan → reassembly → sink.
+//! The export pipeline: source → plan → reassembly (→ compression) → sink.
+
+mod layers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::cache::BlobCache;
 use crate::cli::Format;
+use crate::compress::Settings;
 use crate::digest::Digest;
 use crate::io::{EngineFactory, IoMode};
 use crate::model::{Image, Layer};
-use crate::parallel;
-use crate::reassembly::{measure_layer, missing_tar_split, rebuild_layer, BlockSink};
-use crate::regenerate::{needs_regeneration, regenerate_image, Scratch};
+use crate::reassembly::missing_tar_split;
+use crate::regenerate::{needs_regeneration, regenerate_image, Regenerated};
+use crate::scratch::ScratchDir;
+use crate::sink::output::refuse_inside;
 use crate::sink::output::Output;
-use crate::sink::plan::{media_type, BlobInfo};
+use crate::sink::plan::BlobInfo;
 use crate::sink::writer::{write_archive, BlobProducer, Progress, WriteOptions};
 use crate::sink::{docker_archive, oci_dir};
 use crate::source::overlay2::Overlay2Store;
 use crate::source::ImageStore;
+use layers::{compress_all, measure_all, uncompressed_blobs, Rebuilder};
 
 /// Everything an export needs to know.
 pub struct ExportRequest {
@@ -29,6 +35,17 @@ pub struct ExportRequest {
     pub jobs: usize,
     pub show_progress: bool,
     pub regenerate_missing: bool,
+    /// `None` for uncompressed layers.
+    pub compression: Option<Settings>,
+    pub cache: CacheChoice,
+}
+
+/// Where compressed blobs are kept between exports.
+#[derive(Debug, Clone)]
+pub enum CacheChoice {
+    Dir(PathBuf),
+    /// A scratch directory, removed at the end (`--no-cache`).
+    None,
 }
 
 /// The images to export and their distinct layers.
@@ -72,7 +89,7 @@ impl ExportSet {
     fn regenerate_missing(
         &mut self,
         allowed: bool,
-        scratch: &mut Option<Scratch>,
+        scratch: &mut Option<Regenerated>,
         data_root: &Path,
     ) -> Result<()> {
         let Some(image) = self.images.iter().find(|i| needs_regeneration(i)) else {
@@ -88,7 +105,7 @@ impl ExportSet {
         }
         let scratch = match scratch {
             Some(s) => s,
-            None => scratch.insert(Scratch::new(data_root)?),
+            None => scratch.insert(Regenerated::new(data_root)?),
         };
         for image in &mut self.images {
             if needs_regeneration(image) {
@@ -112,61 +129,64 @@ fn distinct_layers(images: &[Image]) -> Vec<Layer> {
         .collect()
 }
 
-/// Rebuilds layers for the writer, one engine per call.
-struct LayerProducer<'a> {
-    layers: &'a [Layer],
-    sizes: &'a [u64],
-    engines: EngineFactory,
-}
-
-impl BlobProducer for LayerProducer<'_> {
-    fn produce(&self, index: usize, out: &mut dyn BlockSink) -> Result<()> {
-        let mut engine = self.engines.create()?;
-        rebuild_layer(&self.layers[index], self.sizes[index], engine.as_mut(), out)
-    }
-}
-
-/// Measures every layer (pass 1 over tar-split), `jobs` at a time.
-fn measure_all(layers: &[Layer], jobs: usize) -> Result<Vec<u64>> {
-    parallel::map(layers, jobs, |layer| Ok(measure_layer(layer)?.tar_size))
-}
-
 /// Runs a whole export.
 pub fn run(req: &ExportRequest) -> Result<()> {
     let store = Overlay2Store::open(&req.data_root)?;
     let mut set = ExportSet::resolve(&store, &req.images)?;
     // What the store held, for the final check that it still does.
     let stored = set.images.clone();
-    let mut scratch = None;
-    set.regenerate_missing(req.regenerate_missing, &mut scratch, &req.data_root)?;
+    let mut regenerated = None;
+    set.regenerate_missing(req.regenerate_missing, &mut regenerated, &req.data_root)?;
     let sizes = measure_all(&set.layers, req.jobs)?;
-
-    let blobs: Vec<BlobInfo> = set
-        .layers
-        .iter()
-        .zip(&sizes)
-        .map(|(layer, &size)| BlobInfo {
-            digest: layer.diff_id,
-            size,
-            media_type: media_type::OCI_LAYER_TAR,
-        })
-        .collect();
+    let engines = EngineFactory::new(req.io_mode)?;
     let blob_of: HashMap<Digest, usize> = set
         .layers
         .iter()
         .enumerate()
         .map(|(i, l)| (l.diff_id, i))
         .collect();
-    let plan = docker_archive::plan(&set.images, blobs, &blob_of);
 
-    let engines = EngineFactory::new(req.io_mode)?;
-    let producer = LayerProducer {
+    // Uncompressed layers stream straight from reassembly; compressed ones are made first,
+    // because an archive header or a manifest needs a blob's size and digest before its bytes.
+    let rebuilder = Rebuilder {
         layers: &set.layers,
         sizes: &sizes,
         engines,
     };
+    let mut _no_cache_dir = None;
+    let compressed = match &req.compression {
+        None => None,
+        Some(settings) => {
+            let cache = match &req.cache {
+                CacheChoice::Dir(dir) => {
+                    refuse_inside(dir, &req.data_root)?;
+                    BlobCache::open(dir)?
+                }
+                CacheChoice::None => {
+                    let scratch = ScratchDir::new("blobs", &req.data_root)?;
+                    let cache = BlobCache::open(scratch.path())?;
+                    _no_cache_dir = Some(scratch);
+                    cache
+                }
+            };
+            let made = compress_all(&set.layers, &sizes, settings, &cache, engines, req.jobs)?;
+            if let CacheChoice::Dir(_) = req.cache {
+                // Keep the cache bounded; a failure here must not fail the export.
+                if let Err(e) = cache.prune(crate::cache::DEFAULT_MAX_BYTES) {
+                    eprintln!("oci-export: warning: could not prune the blob cache: {e:#}");
+                }
+            }
+            Some(made)
+        }
+    };
+    let (blobs, producer): (Vec<BlobInfo>, &dyn BlobProducer) = match &compressed {
+        None => (uncompressed_blobs(&set.layers, &sizes), &rebuilder),
+        Some(c) => (c.blobs.clone(), c),
+    };
+    let total: u64 = blobs.iter().map(|b| b.size).sum();
+    let plan = docker_archive::plan(&set.images, blobs, &blob_of);
+
     let progress = Progress::default();
-    let total: u64 = sizes.iter().sum();
     let reporter = req
         .show_progress
         .then(|| crate::progress::Reporter::start(&progress, total));
@@ -183,7 +203,7 @@ pub fn run(req: &ExportRequest) -> Result<()> {
                 jobs: req.jobs,
                 progress: &progress,
             };
-            let len = write_archive(&plan, &producer, &opts, &|| {
+            let len = write_archive(&plan, producer, &opts, &|| {
                 confirm(&store, &set.inputs, &stored)
             })?;
             output.commit(len)
@@ -197,7 +217,7 @@ pub fn run(req: &ExportRequest) -> Result<()> {
             // and check before the final rename.
             oci_dir::write_dir(
                 &plan,
-                &producer,
+                producer,
                 dir,
                 &req.data_root,
                 req.jobs,
