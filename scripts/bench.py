@@ -17,8 +17,9 @@ import time
 DOCKER = "/usr/bin/docker"
 
 
-def timed(cmd, stdout=subprocess.DEVNULL):
-    """Runs cmd; returns (wall seconds, peak RSS in bytes of that process)."""
+def timed(cmd, stdout=subprocess.DEVNULL, cpu=False):
+    """Runs cmd; returns (wall seconds, peak RSS in bytes of that process), plus its CPU
+    seconds (user + system, its children included) when `cpu` is set."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -27,6 +28,8 @@ def timed(cmd, stdout=subprocess.DEVNULL):
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}): {stderr}")
+    if cpu:
+        return wall, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
     return wall, usage.ru_maxrss * 1024
 
 
@@ -100,6 +103,9 @@ def main():
     ap.add_argument("--scratch", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--compress", action="append", default=[],
+                    help="also benchmark compressed exports of this image")
+    ap.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", ""))
     ap.add_argument("images", nargs="+")
     args = ap.parse_args()
     cores = os.cpu_count()
@@ -141,14 +147,84 @@ def main():
         results.append(r)
         print(json.dumps(r), file=sys.stderr)
 
+    compressed = [compress_bench(args, oe, image, {r["image"]: r for r in results}[image], cores)
+                  for image in args.compress]
+
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"cores": cores, "results": results}, f, indent=1)
+        json.dump({"cores": cores, "results": results, "compressed": compressed}, f, indent=1)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(markdown(results, cores))
+        if compressed:
+            f.write("\n" + compress_markdown(compressed, cores))
     with open(os.path.join(args.out, "throughput.svg"), "w") as f:
         f.write(svg(results))
     print(markdown(results, cores))
+    if compressed:
+        print(compress_markdown(compressed, cores))
+
+
+def shell(script):
+    return ["bash", "-o", "pipefail", "-c", script]
+
+
+def compress_bench(args, oe, image, facts, cores):
+    """Compressed exports against the routes users take today, one run each (they are long)."""
+    print(f"bench: compressed {image}", file=sys.stderr)
+    scratch = args.scratch
+    out_file = os.path.join(scratch, "out.tar")
+    layout = os.path.join(scratch, "layout")
+    cache = os.path.join(scratch, "cache")
+    r = {"image": image, "bytes": facts["bytes"]}
+
+    def run(key, cmd, cleanup):
+        wall, _, cpu = timed(cmd, cpu=True)
+        r[key], r[key + "_cpu"] = wall, cpu
+        cleanup()
+
+    rm_out = remove(out_file)
+    rm_layout = lambda: subprocess.run(["rm", "-rf", layout], check=True)
+    for alg in ("gzip", "zstd"):
+        run(f"oe_{alg}", oe + ["-c", alg, "--no-cache", image, "-o", out_file], rm_out)
+    # A warm blob cache: the second export only reads the cached blobs.
+    run("oe_zstd_first", oe + ["-c", "zstd", "--cache-dir", cache, image, "-o", out_file], rm_out)
+    run("oe_zstd_cached", oe + ["-c", "zstd", "--cache-dir", cache, image, "-o", out_file], rm_out)
+    subprocess.run(["rm", "-rf", cache], check=True)
+    run("skopeo_gzip", ["skopeo", "copy", "--quiet", "--src-daemon-host", args.docker_host,
+                        f"docker-daemon:{image}", f"oci:{layout}:bench"], rm_layout)
+    run("docker_pigz", shell(f"{DOCKER} save {image} | pigz > {out_file}"), rm_out)
+    run("docker_zstd", shell(f"{DOCKER} save {image} | zstd -q -T0 -3 > {out_file}"), rm_out)
+    print(json.dumps(r), file=sys.stderr)
+    return r
+
+
+def compress_markdown(rows, cores):
+    lines = [
+        f"Compressed exports, warm page cache, one run each; {cores} cores. Seconds, and MB/s of "
+        "uncompressed input. \"per core\" divides by the CPU time oci-export used.",
+        "",
+        "| image | route | seconds | MB/s | MB/s per core | oci-export speed-up |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mb = r["bytes"] / 1e6
+        def row(label, key, versus=None, per_core=True):
+            t = r[key]
+            pc = f"{mb / r[key + '_cpu']:.0f}" if per_core else "–"
+            speed = f"**{r[versus] / t:.1f}×**" if versus else ""
+            lines.append(f"| {r['image']} | {label} | {t:.2f} | {mb / t:.0f} | {pc} | {speed} |")
+        row("`skopeo copy docker-daemon: oci:` (gzip)", "skopeo_gzip", per_core=False)
+        row("`docker save \\| pigz`", "docker_pigz", per_core=False)
+        row("`docker save \\| zstd -T0 -3`", "docker_zstd", per_core=False)
+        lines.append(f"| {r['image']} | oci-export `-c gzip` | {r['oe_gzip']:.2f} | {mb / r['oe_gzip']:.0f} "
+                     f"| {mb / r['oe_gzip_cpu']:.0f} | **{r['skopeo_gzip'] / r['oe_gzip']:.1f}×** vs skopeo, "
+                     f"**{r['docker_pigz'] / r['oe_gzip']:.1f}×** vs pigz |")
+        lines.append(f"| {r['image']} | oci-export `-c zstd` (level 3) | {r['oe_zstd']:.2f} | {mb / r['oe_zstd']:.0f} "
+                     f"| {mb / r['oe_zstd_cpu']:.0f} | **{r['docker_zstd'] / r['oe_zstd']:.1f}×** vs zstd |")
+        lines.append(f"| {r['image']} | oci-export `-c zstd`, blob cache warm | {r['oe_zstd_cached']:.2f} "
+                     f"| {mb / r['oe_zstd_cached']:.0f} | {mb / r['oe_zstd_cached_cpu']:.0f} "
+                     f"| **{r['docker_zstd'] / r['oe_zstd_cached']:.1f}×** vs zstd |")
+    return "\n".join(lines) + "\n"
 
 
 def mbps(r, key):
