@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 
@@ -54,7 +54,16 @@ impl BlobProducer for Rebuilder<'_> {
 /// Compressed layers, each in a cache file with its digest and size known.
 pub struct CompressedBlobs {
     pub blobs: Vec<BlobInfo>,
-    pub files: Vec<PathBuf>,
+    sources: Vec<Mutex<Option<Source>>>,
+}
+
+/// Where a compressed blob is read from when the archive is written.
+enum Source {
+    /// A cache hit: the very file handle the cache just verified (size and SHA-256). Entries are
+    /// only ever replaced by rename, never rewritten in place, so its bytes are the checked ones.
+    Verified(File),
+    /// Compressed by this export: hashed as it was written, and again as it is read back.
+    Written(PathBuf),
 }
 
 /// Compresses every layer into `cache`, or takes it from there when an earlier export already
@@ -77,7 +86,9 @@ pub fn compress_all(
             level: settings.level,
         };
         match cache.get(&key)? {
-            Lookup::Hit(hit) => return Ok((hit.entry.digest, hit.entry.size, hit.path)),
+            Lookup::Hit(hit) => {
+                return Ok((hit.entry.digest, hit.entry.size, Source::Verified(hit.file)));
+            }
             Lookup::Discarded(reason) => eprintln!("oci-export: {reason}; compressing it again"),
             Lookup::Miss => {}
         }
@@ -100,51 +111,60 @@ pub fn compress_all(
                 layer.origin
             );
         }
-        Ok((blob.digest, blob.size, cache.blob_path(&key)))
+        Ok((
+            blob.digest,
+            blob.size,
+            Source::Written(cache.blob_path(&key)),
+        ))
     })?;
     let media_type = settings.algorithm.media_type();
-    let (blobs, files) = made
+    let (blobs, sources) = made
         .into_iter()
-        .map(|(digest, size, file)| {
-            (
-                BlobInfo {
-                    digest,
-                    size,
-                    media_type,
-                },
-                file,
-            )
+        .map(|(digest, size, source)| {
+            let info = BlobInfo {
+                digest,
+                size,
+                media_type,
+            };
+            (info, Mutex::new(Some(source)))
         })
         .unzip();
-    Ok(CompressedBlobs { blobs, files })
+    Ok(CompressedBlobs { blobs, sources })
 }
 
 impl BlobProducer for CompressedBlobs {
-    /// Streams a cached blob, checking it against its digest again on the way out.
     fn produce(&self, index: usize, out: &mut dyn BlockSink) -> Result<()> {
-        let path = &self.files[index];
         let expected = &self.blobs[index];
-        let mut file =
-            File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let mut sha = Sha256Hasher::new();
+        let source = self.sources[index]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .context("a compressed blob is written once per export")?;
+        let (mut file, mut sha, what) = match source {
+            Source::Verified(file) => (file, None, "the cached blob".to_string()),
+            Source::Written(path) => {
+                let file =
+                    File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+                (file, Some(Sha256Hasher::new()), path.display().to_string())
+            }
+        };
         let mut size = 0u64;
         loop {
             let mut block = vec![0u8; BLOCK_SIZE];
-            let n = read_full(&mut file, &mut block)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let n = read_full(&mut file, &mut block).with_context(|| format!("reading {what}"))?;
             if n == 0 {
                 break;
             }
             block.truncate(n);
-            sha.update(&block);
+            if let Some(sha) = &mut sha {
+                sha.update(&block);
+            }
             size += n as u64;
             out.put(Arc::new(block))?;
         }
-        if size != expected.size || sha.finish() != expected.digest {
-            bail!(
-                "cached blob {} changed while being exported",
-                path.display()
-            );
+        let digest_ok = sha.map_or(true, |sha| sha.finish() == expected.digest);
+        if size != expected.size || !digest_ok {
+            bail!("{what} ({}) changed while being exported", expected.digest);
         }
         Ok(())
     }

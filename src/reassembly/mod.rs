@@ -12,6 +12,7 @@
 //! layer has.
 
 pub mod blocks;
+mod parse_ahead;
 mod replay_sink;
 
 use std::fs::File;
@@ -25,6 +26,7 @@ use crate::model::{Layer, LayerContent};
 use crate::tarsplit::{Entry, TarSplitReader};
 
 pub use blocks::{Block, BlockSink, WriteBlocks, BLOCK_SIZE};
+use parse_ahead::ParseAhead;
 pub use replay_sink::VerifyingSink;
 
 /// What measuring a layer's tar-split tells before any file is read.
@@ -88,7 +90,9 @@ pub fn rebuild_layer(
             file_root,
         } => {
             let dir = LayerDir::open(file_root).with_context(|| layer.origin.clone())?;
-            let mut entries = open_tar_split(tar_split, layer)?;
+            // The first pass already checked for duplicate paths.
+            let mut entries =
+                ParseAhead::start(open_tar_split(tar_split, layer)?.without_duplicate_check());
             engine
                 .replay(&dir, &mut entries, &mut sink)
                 .with_context(|| layer.origin.clone())?;

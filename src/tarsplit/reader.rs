@@ -1,5 +1,6 @@
 //! Streaming parser: gzip → JSON lines → validated [`Entry`] values.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read};
 
@@ -37,19 +38,21 @@ pub enum TarSplitError {
     Truncated,
 }
 
-/// The JSON shape of one line. Unknown fields are ignored, as Go's decoder does.
+/// The JSON shape of one line. Unknown fields are ignored, as Go's decoder does. Strings are
+/// borrowed from the line unless they contain escapes: tar-split lines are parsed by the
+/// hundred thousand, and an allocation per field shows in profiles.
 #[derive(Deserialize)]
-struct RawEntry {
+struct RawEntry<'a> {
     #[serde(rename = "type")]
     kind: i64,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    name_raw: Option<String>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name_raw: Option<Cow<'a, str>>,
     #[serde(default)]
     size: Option<i64>,
-    #[serde(default)]
-    payload: Option<String>,
+    #[serde(default, borrow)]
+    payload: Option<Cow<'a, str>>,
 }
 
 /// Reads a tar-split stream entry by entry.
@@ -60,7 +63,8 @@ pub struct TarSplitReader<R: Read> {
     input: BufReader<R>,
     line: Vec<u8>,
     line_no: u64,
-    seen: HashSet<Vec<u8>>,
+    /// Cleaned paths seen so far, when duplicates are checked.
+    seen: Option<HashSet<Vec<u8>>>,
     saw_segment_last: bool,
     done: bool,
 }
@@ -98,10 +102,17 @@ impl<R: Read> TarSplitReader<R> {
             input: BufReader::with_capacity(256 << 10, input),
             line: Vec::with_capacity(4096),
             line_no: 0,
-            seen: HashSet::new(),
+            seen: Some(HashSet::new()),
             saw_segment_last: false,
             done: false,
         }
+    }
+
+    /// Skips the duplicate-path check. For a second pass over a stream whose first pass already
+    /// checked it: the set of names is the one per-entry cost that grows with the layer.
+    pub fn without_duplicate_check(mut self) -> Self {
+        self.seen = None;
+        self
     }
 
     /// The next entry, `Ok(None)` at a clean end of stream.
@@ -131,67 +142,13 @@ impl<R: Read> TarSplitReader<R> {
             if text.is_empty() {
                 continue;
             }
-            let raw: RawEntry = serde_json::from_slice(text)
-                .map_err(|e| self.malformed(format!("invalid JSON: {e}")))?;
-            let entry = self.validate(raw)?;
+            let raw: RawEntry = match serde_json::from_slice(text) {
+                Ok(raw) => raw,
+                Err(e) => return Err(self.malformed(format!("invalid JSON: {e}"))),
+            };
+            let entry = validate(raw, self.line_no, self.seen.as_mut())?;
             self.saw_segment_last = matches!(entry, Entry::Segment(_));
             return Ok(Some(entry));
-        }
-    }
-
-    fn validate(&mut self, raw: RawEntry) -> Result<Entry, TarSplitError> {
-        let payload = match &raw.payload {
-            Some(p) => Some(
-                BASE64
-                    .decode(p)
-                    .map_err(|e| self.malformed(format!("payload is not base64: {e}")))?,
-            ),
-            None => None,
-        };
-        match raw.kind {
-            SEGMENT_TYPE => Ok(Entry::Segment(payload.unwrap_or_default())),
-            FILE_TYPE => {
-                let name = match (raw.name_raw, raw.name) {
-                    (Some(b64), _) => BASE64
-                        .decode(b64)
-                        .map_err(|e| self.malformed(format!("name_raw is not base64: {e}")))?,
-                    (None, Some(name)) => name.into_bytes(),
-                    (None, None) => return Err(self.malformed("file entry without a name".into())),
-                };
-                if name.is_empty() || name.contains(&0) {
-                    return Err(
-                        self.malformed("file entry with an empty name or a NUL byte".into())
-                    );
-                }
-                let size = raw.size.unwrap_or(0);
-                if size < 0 || size as u64 > MAX_FILE_SIZE {
-                    return Err(self.malformed(format!(
-                        "file {:?} has an impossible size {size}",
-                        String::from_utf8_lossy(&name)
-                    )));
-                }
-                let size = size as u64;
-                let crc64 = match (size, payload) {
-                    (0, _) => None,
-                    (_, Some(p)) if p.len() == 8 => {
-                        Some(u64::from_be_bytes(p.try_into().expect("length checked")))
-                    }
-                    (_, _) => {
-                        return Err(self.malformed(format!(
-                            "file {:?} of {size} bytes lacks its 8-byte CRC-64 payload",
-                            String::from_utf8_lossy(&name)
-                        )))
-                    }
-                };
-                if !self.seen.insert(clean_path(&name)) {
-                    return Err(TarSplitError::DuplicatePath {
-                        line: self.line_no,
-                        name: String::from_utf8_lossy(&name).into_owned(),
-                    });
-                }
-                Ok(Entry::File(FileEntry { name, size, crc64 }))
-            }
-            other => Err(self.malformed(format!("unknown entry type {other}"))),
         }
     }
 
@@ -215,6 +172,70 @@ impl<R: Read> Iterator for TarSplitReader<R> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+/// Checks one parsed line and turns it into an [`Entry`].
+fn validate(
+    raw: RawEntry,
+    line: u64,
+    seen: Option<&mut HashSet<Vec<u8>>>,
+) -> Result<Entry, TarSplitError> {
+    let malformed = |reason: String| TarSplitError::Malformed { line, reason };
+    let payload = match &raw.payload {
+        Some(p) => Some(
+            BASE64
+                .decode(p.as_bytes())
+                .map_err(|e| malformed(format!("payload is not base64: {e}")))?,
+        ),
+        None => None,
+    };
+    match raw.kind {
+        SEGMENT_TYPE => Ok(Entry::Segment(payload.unwrap_or_default())),
+        FILE_TYPE => {
+            let name = match (raw.name_raw, raw.name) {
+                (Some(b64), _) => BASE64
+                    .decode(b64.as_bytes())
+                    .map_err(|e| malformed(format!("name_raw is not base64: {e}")))?,
+                (None, Some(name)) => name.into_owned().into_bytes(),
+                (None, None) => return Err(malformed("file entry without a name".into())),
+            };
+            if name.is_empty() || name.contains(&0) {
+                return Err(malformed(
+                    "file entry with an empty name or a NUL byte".into(),
+                ));
+            }
+            let size = raw.size.unwrap_or(0);
+            if size < 0 || size as u64 > MAX_FILE_SIZE {
+                return Err(malformed(format!(
+                    "file {:?} has an impossible size {size}",
+                    String::from_utf8_lossy(&name)
+                )));
+            }
+            let size = size as u64;
+            let crc64 = match (size, payload) {
+                (0, _) => None,
+                (_, Some(p)) if p.len() == 8 => {
+                    Some(u64::from_be_bytes(p.try_into().expect("length checked")))
+                }
+                (_, _) => {
+                    return Err(malformed(format!(
+                        "file {:?} of {size} bytes lacks its 8-byte CRC-64 payload",
+                        String::from_utf8_lossy(&name)
+                    )))
+                }
+            };
+            if let Some(seen) = seen {
+                if !seen.insert(clean_path(&name)) {
+                    return Err(TarSplitError::DuplicatePath {
+                        line,
+                        name: String::from_utf8_lossy(&name).into_owned(),
+                    });
+                }
+            }
+            Ok(Entry::File(FileEntry { name, size, crc64 }))
+        }
+        other => Err(malformed(format!("unknown entry type {other}"))),
     }
 }
 
