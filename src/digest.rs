@@ -120,6 +120,51 @@ impl Sha256Hasher {
     }
 }
 
+/// A writer that hashes and counts exactly the bytes its inner writer accepted: how every
+/// blob we write (compressed layers, cache entries, regenerated tars) learns its digest.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256Hasher,
+    size: u64,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256Hasher::new(),
+            size: 0,
+        }
+    }
+
+    /// The digest of everything written so far.
+    pub fn digest(&self) -> Digest {
+        self.hasher.clone().finish()
+    }
+
+    /// The number of bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The layer ChainID (OCI image-spec `config.md`): `chain(L1) = diffID(L1)`,
 /// `chain(Ln) = sha256(chain(Ln-1) + " " + diffID(Ln))`, hashed as text.
 pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
-use harness::engine::{docker, engine};
+use harness::engine::{docker, engine, image_id};
 use harness::*;
 use oci_export::digest::Digest;
 
@@ -217,13 +217,8 @@ fn gzip_archives_load_into_a_real_engine_with_the_same_ids() {
         &["load", "-i", archive.to_str().unwrap()],
     );
     for tag in tags {
-        let id = docker(
-            &engine.second_host,
-            &["image", "inspect", "--format", "{{.Id}}", tag],
-        )
-        .stdout;
         assert_eq!(
-            String::from_utf8(id).unwrap().trim(),
+            image_id(&engine.second_host, tag),
             engine.images[tag].id.to_string(),
             "{tag}"
         );

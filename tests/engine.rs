@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use harness::engine::{docker, engine, Engine};
+use harness::engine::{docker, engine, image_id, Engine};
 use harness::*;
 use oci_export::digest::Digest;
 
@@ -101,13 +101,8 @@ fn archive_loads_into_an_empty_engine_with_the_same_ids() {
         &["load", "-i", archive.to_str().unwrap()],
     );
     for (tag, expected) in &engine.images {
-        let out = docker(
-            &engine.second_host,
-            &["image", "inspect", "--format", "{{.Id}}", tag],
-        );
-        let id = String::from_utf8(out.stdout).unwrap();
         assert_eq!(
-            id.trim(),
+            image_id(&engine.second_host, tag),
             expected.id.to_string(),
             "{tag} loaded with another ID"
         );
@@ -295,13 +290,8 @@ fn pushes_to_a_registry_and_pulls_back_the_same_image() {
         );
         // The engine pulls it back (loopback registries need no TLS) under the same image ID.
         docker(&engine.second_host, &["pull", "-q", &remote]);
-        let id = docker(
-            &engine.second_host,
-            &["image", "inspect", "--format", "{{.Id}}", &remote],
-        )
-        .stdout;
         assert_eq!(
-            String::from_utf8(id).unwrap().trim(),
+            image_id(&engine.second_host, &remote),
             engine.images[tag].id.to_string(),
             "{tag}"
         );

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
-use harness::engine::{docker, engine};
+use harness::engine::{docker, engine, image_id};
 use harness::*;
 use oci_export::digest::{chain_ids, Digest};
 
@@ -235,13 +235,8 @@ fn regenerated_layers_load_and_keep_their_file_trees() {
 
         // A real engine accepts it, under the new ID the archive states.
         docker(&engine.second_host, &["load", "-i", out.to_str().unwrap()]);
-        let id = docker(
-            &engine.second_host,
-            &["image", "inspect", "--format", "{{.Id}}", tag],
-        )
-        .stdout;
         assert_eq!(
-            String::from_utf8(id).unwrap().trim(),
+            image_id(&engine.second_host, tag),
             regenerated.config_digest.to_string(),
             "{tag}"
         );

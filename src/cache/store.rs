@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 use super::{CachedBlob, Entry, Key, Lookup};
-use crate::digest::Sha256Hasher;
+use crate::digest::{HashingWriter, Sha256Hasher};
 
 /// Subdirectory of the current layout; a new layout gets a new name and leaves this one be.
 const LAYOUT: &str = "v1";
@@ -153,10 +153,8 @@ impl BlobCache {
         Ok(PendingBlob {
             cache: self,
             key: *key,
-            file,
+            file: HashingWriter::new(file),
             temp: Some(temp),
-            hasher: Sha256Hasher::new(),
-            size: 0,
         })
     }
 
@@ -282,11 +280,10 @@ impl BlobCache {
 pub struct PendingBlob<'a> {
     cache: &'a BlobCache,
     key: Key,
-    file: File,
+    /// The temporary file, hashed and counted as it is written.
+    file: HashingWriter<File>,
     /// The temporary file, until it is renamed into place.
     temp: Option<PathBuf>,
-    hasher: Sha256Hasher,
-    size: u64,
 }
 
 impl PendingBlob<'_> {
@@ -304,8 +301,8 @@ impl PendingBlob<'_> {
             diff_id: self.key.diff_id,
             algorithm: self.key.algorithm,
             level: self.key.level,
-            digest: self.hasher.clone().finish(),
-            size: self.size,
+            digest: self.file.digest(),
+            size: self.file.size(),
             created_unix_ms: now,
             last_used_unix_ms: now,
         };
@@ -318,10 +315,7 @@ impl PendingBlob<'_> {
 
 impl Write for PendingBlob<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
+        self.file.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 use crc_fast::CrcAlgorithm::Crc32IsoHdlc;
 use flate2::{Compress, Compression, FlushCompress, Status};
 
-use super::{CompressedBlob, HashingWriter};
+use super::{blob_of, CompressedBlob, HashingWriter};
 
 /// Uncompressed bytes per block. 128 KiB, as pigz: in the benchmark 1 MiB blocks were no faster
 /// and even compressed slightly worse (fewer chances to adapt the Huffman tables), while small
@@ -128,7 +128,7 @@ impl<'a> GzipWriter<'a> {
         trailer[4..].copy_from_slice(&(self.total_in as u32).to_le_bytes());
         self.out.write_all(&trailer)?;
         self.stop_workers();
-        Ok(self.out.blob())
+        Ok(blob_of(&self.out))
     }
 
     fn check(&self) -> io::Result<()> {

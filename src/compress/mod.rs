@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 
-use crate::digest::{Digest, Sha256Hasher};
+use crate::digest::Digest;
 
 /// OCI media type of an uncompressed layer.
 pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -258,40 +258,13 @@ pub fn compress_to_vec(settings: &Settings, data: &[u8]) -> Result<(Vec<u8>, Com
 
 /// The output side of both codecs: forwards compressed bytes and hashes and counts exactly the
 /// bytes the output accepted.
-struct HashingWriter<'a> {
-    out: &'a mut dyn Write,
-    hasher: Sha256Hasher,
-    size: u64,
-}
+type HashingWriter<'a> = crate::digest::HashingWriter<&'a mut dyn Write>;
 
-impl<'a> HashingWriter<'a> {
-    fn new(out: &'a mut dyn Write) -> Self {
-        HashingWriter {
-            out,
-            hasher: Sha256Hasher::new(),
-            size: 0,
-        }
-    }
-
-    /// The digest and size of everything written so far.
-    fn blob(&self) -> CompressedBlob {
-        CompressedBlob {
-            digest: self.hasher.clone().finish(),
-            size: self.size,
-        }
-    }
-}
-
-impl Write for HashingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+/// The digest and size of everything a codec wrote.
+fn blob_of(out: &HashingWriter<'_>) -> CompressedBlob {
+    CompressedBlob {
+        digest: out.digest(),
+        size: out.size(),
     }
 }
 

@@ -28,7 +28,7 @@ use std::io::{self, Write};
 use ::zstd::zstd_safe::zstd_sys::ZSTD_EndDirective;
 use ::zstd::zstd_safe::{self, CCtx, CParameter, InBuffer, OutBuffer};
 
-use super::{CompressedBlob, HashingWriter};
+use super::{blob_of, CompressedBlob, HashingWriter};
 
 pub(super) struct ZstdWriter<'a> {
     cctx: CCtx<'static>,
@@ -67,7 +67,7 @@ impl<'a> ZstdWriter<'a> {
         self.check()?;
         let last: Vec<u8> = self.held.take().into_iter().collect();
         self.compress(&last, ZSTD_EndDirective::ZSTD_e_end)?;
-        Ok(self.out.blob())
+        Ok(blob_of(&self.out))
     }
 
     fn check(&self) -> io::Result<()> {

@@ -9,12 +9,12 @@ pub mod docker_tar;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::digest::{Digest, Sha256Hasher};
+use crate::digest::{Digest, HashingWriter};
 use crate::model::{config_facts, Image, LayerContent};
 use crate::scratch::ScratchDir;
 
@@ -87,30 +87,10 @@ pub fn regenerate_image(
 
 fn write_hashed(root: &Path, path: &Path) -> Result<Digest> {
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut out = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256Hasher::new(),
-    };
+    let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
     docker_tar::write_layer_tar(root, &mut out)?;
-    out.inner.flush().context("writing the regenerated layer")?;
-    Ok(out.hasher.finish())
-}
-
-struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: Sha256Hasher,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    out.flush().context("writing the regenerated layer")?;
+    Ok(out.digest())
 }
 
 /// Replaces the diff_id strings in the config bytes, leaving every other byte as it was, then

@@ -95,3 +95,9 @@ pub fn docker(host: &str, args: &[&str]) -> Output {
     );
     out
 }
+
+/// The ID the engine at `host` gives `image`, as `sha256:<hex>`.
+pub fn image_id(host: &str, image: &str) -> String {
+    let out = docker(host, &["image", "inspect", "--format", "{{.Id}}", image]);
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
