@@ -57,4 +57,5 @@ export OE_TEST_DOCKER_HOST="$first"
 export OE_TEST_SECOND_DOCKER_HOST="$second"
 export OE_TEST_EXPECT="$work/expect.json"
 export OE_TEST_REGISTRY="127.0.0.1:$registry_port"
-cargo test --all-targets "$@"
+# Benches are not tests (they run with `cargo bench`), so: library, binaries and tests.
+cargo test --lib --bins --tests "$@"
