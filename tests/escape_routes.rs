@@ -11,13 +11,14 @@
 //! when the layer directory is the root, and the very same forged record then exports fine
 //! (with the secret's bytes in it). So the forgery is valid and the negative test could fail.
 
-mod common;
+mod forge;
+mod harness;
 
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
 
-use common::*;
+use forge::*;
 
 /// The top-layer member whose record is forged.
 const MEMBER: &str = "data/copied.txt";
@@ -167,7 +168,7 @@ fn assert_forgery_valid(route: Route) {
         assert!(outcome.ok(), "[{what}] {}", outcome.stderr);
         let archive = fs::read(f.s.out()).unwrap();
         let blob = format!("blobs/sha256/{}", f.s.diff_ids()[f.s.top()].hex());
-        let layer = &tar_members(&archive)[&blob];
+        let layer = &harness::read_archive(&archive)[&blob];
         assert!(
             contains(layer, &f.marker),
             "[{what}] marker not in the layer"

@@ -2,14 +2,15 @@
 //! naming what is wrong (image, layer, file), no output file and no temporary file left behind,
 //! and a data root exactly as it was. Every case runs with each I/O engine, to `-o` and to a pipe.
 
-mod common;
+mod forge;
+mod harness;
 
 use std::fs;
 use std::os::unix::fs::symlink;
 
 use serde_json::{json, Value};
 
-use common::*;
+use forge::*;
 
 /// The member every file-level case damages: 15 bytes in the sample's top (`COPY`) layer.
 const MEMBER: &str = "data/copied.txt";

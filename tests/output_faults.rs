@@ -2,11 +2,11 @@
 //! failure while stdout is a regular file, and outputs aimed into the data root. None may leave
 //! a partial archive behind or touch the data root.
 
-mod common;
+mod forge;
+mod harness;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use common::*;
+use forge::*;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -30,19 +30,6 @@ fn damage_top_member(s: &Sample) {
 }
 
 // ---- a reader that goes away ---------------------------------------------------------------
-
-/// A pipe whose buffer holds only one page, so the sample's ~20 KB archive cannot fit in it.
-fn small_pipe() -> (File, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we then own.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: freshly created descriptors, owned from here on.
-    let (read, write) = unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: F_SETPIPE_SZ on a valid pipe descriptor.
-    let size = unsafe { libc::fcntl(fds[0], libc::F_SETPIPE_SZ, 4096) };
-    assert!(size >= 4096);
-    (read, write)
-}
 
 #[test]
 fn closed_pipe_ends_quietly() {

@@ -2,25 +2,13 @@
 //! must end the run with an error, never a complete-looking archive of something that no longer
 //! exists. The export is held mid-stream by a one-page pipe while the storage is changed.
 
-mod common;
+mod forge;
+mod harness;
 
-use std::fs::File;
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
-use common::*;
-
-fn small_pipe() -> (File, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we then own.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: freshly created descriptors, owned from here on.
-    let (read, write) = unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: F_SETPIPE_SZ on a valid pipe descriptor.
-    assert!(unsafe { libc::fcntl(fds[0], libc::F_SETPIPE_SZ, 4096) } >= 4096);
-    (read, write)
-}
+use forge::*;
 
 /// Starts an export to a one-page pipe, reads its first bytes (the exporter is then running and
 /// blocked on the full pipe, far from done: the archive is ~20 KB), applies `change`, then reads

@@ -1,14 +1,15 @@
 //! Run without root against storage laid out with Docker's permissions: the export must fail
 //! with a message that says why (permission, root), not a bare "No such file".
 
-mod common;
+mod forge;
+mod harness;
 
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use forge::*;
 
 const NOBODY: u32 = 65534;
 

@@ -5,14 +5,18 @@ pub mod engine;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use oci_export::digest::Digest;
 
 /// The built `oci-export` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_oci-export");
+/// The committed sample data root (made by a real engine).
+pub const SAMPLE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sample-root");
+
 pub fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_oci-export"))
+    Command::new(BIN)
 }
 
 /// Runs the binary; returns its output (stdout is the archive when no -o is given).
@@ -31,9 +35,8 @@ pub fn run_ok(args: &[&str]) -> Output {
     out
 }
 
-/// The committed sample data root.
 pub fn sample_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-root")
+    PathBuf::from(SAMPLE_ROOT)
 }
 
 /// An archive's members: path → bytes (directories map to empty vectors).

@@ -6,7 +6,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
@@ -24,10 +23,10 @@ use serde_json::{json, Value};
 use oci_export::digest::{chain_ids, Digest};
 use oci_export::tarsplit::crc64;
 
-/// The committed sample data root.
-pub const SAMPLE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sample-root");
 /// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_oci-export");
+pub use crate::harness::BIN;
+/// The committed sample data root.
+pub use crate::harness::SAMPLE_ROOT;
 /// The sample image's tag.
 pub const IMAGE: &str = "sample:latest";
 /// No run of the sample may take longer than this; a hang (e.g. on a FIFO) fails the test.
@@ -596,42 +595,6 @@ pub fn forge_member(entries: &mut [Value], old_name: &[u8], new_name: &[u8], con
     entries[next]["payload"] = json!(BASE64.encode(new));
 }
 
-/// Lists the members of an (outer or layer) tar held in memory: name → content.
-pub fn tar_members(tar: &[u8]) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut pos = 0;
-    let mut long_name: Option<String> = None;
-    while pos + 512 <= tar.len() {
-        let h = &tar[pos..pos + 512];
-        if h.iter().all(|&b| b == 0) {
-            break;
-        }
-        let cstr = |b: &[u8]| {
-            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-            String::from_utf8_lossy(&b[..end]).into_owned()
-        };
-        let size = u64::from_str_radix(cstr(&h[124..136]).trim(), 8).unwrap() as usize;
-        let data = tar[pos + 512..pos + 512 + size].to_vec();
-        let name = long_name.take().unwrap_or_else(|| cstr(&h[..100]));
-        match h[156] {
-            b'x' => {
-                // PAX: pick up a path= record.
-                let text = String::from_utf8_lossy(&data);
-                for rec in text.lines() {
-                    if let Some(p) = rec.split_once(" path=").map(|x| x.1) {
-                        long_name = Some(p.to_string());
-                    }
-                }
-            }
-            _ => {
-                out.insert(name, data);
-            }
-        }
-        pos += 512 + size.div_ceil(512) * 512;
-    }
-    out
-}
-
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
@@ -668,4 +631,22 @@ pub fn sample_with_big_member(size: usize) -> Sample {
     );
     s.forge_layer(top, &entries);
     s
+}
+
+/// A pipe whose buffer holds only one page, so the sample's ~20 KB archive cannot fit in it.
+pub fn small_pipe() -> (fs::File, std::os::fd::OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: freshly created descriptors, owned from here on.
+    let (read, write) = unsafe {
+        (
+            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+        )
+    };
+    // SAFETY: F_SETPIPE_SZ on a valid pipe descriptor.
+    let size = unsafe { libc::fcntl(fds[0], libc::F_SETPIPE_SZ, 4096) };
+    assert!(size >= 4096);
+    (read, write)
 }
