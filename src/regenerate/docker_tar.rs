@@ -53,6 +53,25 @@ struct Header {
     pax: BTreeMap<String, Vec<u8>>,
 }
 
+impl Header {
+    /// A header with every numeric field zero and no PAX records.
+    fn new(name: Vec<u8>, typeflag: u8) -> Self {
+        Header {
+            name,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            typeflag,
+            linkname: Vec::new(),
+            devmajor: 0,
+            devminor: 0,
+            pax: BTreeMap::new(),
+        }
+    }
+}
+
 /// Writes the layer tar for the directory `root` to `out`.
 pub fn write_layer_tar(root: &Path, out: &mut dyn Write) -> Result<()> {
     let mut writer = TarWriter {
@@ -88,17 +107,11 @@ fn walk(dir: &Path, prefix: Vec<u8>, w: &mut TarWriter) -> Result<()> {
             .with_context(|| format!("cannot stat {}", path.display()))?;
         let ft = meta.file_type();
         let mut h = Header {
-            name: rel.clone(),
             mode: meta.mode() & 0o7777,
             uid: u64::from(meta.uid()),
             gid: u64::from(meta.gid()),
-            size: 0,
             mtime: meta.mtime(),
-            typeflag: b'0',
-            linkname: Vec::new(),
-            devmajor: 0,
-            devminor: 0,
-            pax: BTreeMap::new(),
+            ..Header::new(rel.clone(), b'0')
         };
         if let Some(cap) = get_xattr(&path, CAPABILITY_XATTR)? {
             h.pax
@@ -113,18 +126,12 @@ fn walk(dir: &Path, prefix: Vec<u8>, w: &mut TarWriter) -> Result<()> {
                 let mut marker = rel.clone();
                 marker.push(b'/');
                 marker.extend_from_slice(OPAQUE_MARKER);
+                // Docker's marker keeps the directory's permissions and owner, no mtime.
                 w.header(&Header {
-                    name: marker,
                     mode: meta.mode() & 0o777,
                     uid: h.uid,
                     gid: h.gid,
-                    size: 0,
-                    mtime: 0,
-                    typeflag: b'0',
-                    linkname: Vec::new(),
-                    devmajor: 0,
-                    devminor: 0,
-                    pax: BTreeMap::new(),
+                    ..Header::new(marker, b'0')
                 })?;
             }
             let mut sub = rel;
@@ -212,24 +219,15 @@ impl TarWriter<'_> {
                 _ => (&b""[..], &h.name[..]),
             };
             let pax_name = [dir, b"PaxHeaders.0/", base].concat();
-            let block = ustar_block(&pax_name, 0, 0, 0, records.len() as u64, 0, b'x', b"", 0, 0);
-            self.out.write_all(&block).context("writing the layer")?;
+            let mut pax_header = Header::new(pax_name, b'x');
+            pax_header.size = records.len() as u64;
+            self.out
+                .write_all(&ustar_block(&pax_header))
+                .context("writing the layer")?;
             self.out.write_all(&records).context("writing the layer")?;
             self.pad(records.len() as u64)?;
         }
-        let clamp = |v: u64, limit: u64| if v > limit { 0 } else { v };
-        let block = ustar_block(
-            &h.name,
-            h.mode,
-            clamp(h.uid, 0o7777777),
-            clamp(h.gid, 0o7777777),
-            clamp(h.size, 0o77777777777),
-            h.mtime,
-            h.typeflag,
-            &h.linkname,
-            h.devmajor,
-            h.devminor,
-        );
+        let block = ustar_block(h);
         self.out.write_all(&block).context("writing the layer")
     }
 
@@ -280,32 +278,23 @@ fn put_octal(field: &mut [u8], v: u64) {
     field[width] = 0;
 }
 
-#[allow(clippy::too_many_arguments)]
-fn ustar_block(
-    name: &[u8],
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    size: u64,
-    mtime: i64,
-    typeflag: u8,
-    linkname: &[u8],
-    devmajor: u64,
-    devminor: u64,
-) -> [u8; 512] {
+/// The 512-byte header block. Numbers too large for their octal field are written as 0: the
+/// PAX records before the block carry them.
+fn ustar_block(h: &Header) -> [u8; 512] {
+    let fits = |v: u64, limit: u64| if v > limit { 0 } else { v };
     let mut b = [0u8; 512];
-    put_str(&mut b[0..100], name);
-    put_octal(&mut b[100..108], u64::from(mode));
-    put_octal(&mut b[108..116], uid);
-    put_octal(&mut b[116..124], gid);
-    put_octal(&mut b[124..136], size);
-    put_octal(&mut b[136..148], mtime.max(0) as u64);
-    b[156] = typeflag;
-    put_str(&mut b[157..257], linkname);
+    put_str(&mut b[0..100], &h.name);
+    put_octal(&mut b[100..108], u64::from(h.mode));
+    put_octal(&mut b[108..116], fits(h.uid, 0o7777777));
+    put_octal(&mut b[116..124], fits(h.gid, 0o7777777));
+    put_octal(&mut b[124..136], fits(h.size, 0o77777777777));
+    put_octal(&mut b[136..148], h.mtime.max(0) as u64);
+    b[156] = h.typeflag;
+    put_str(&mut b[157..257], &h.linkname);
     b[257..263].copy_from_slice(b"ustar\0");
     b[263..265].copy_from_slice(b"00");
-    put_octal(&mut b[329..337], devmajor);
-    put_octal(&mut b[337..345], devminor);
+    put_octal(&mut b[329..337], h.devmajor);
+    put_octal(&mut b[337..345], h.devminor);
     b[148..156].fill(b' ');
     let sum: u32 = b.iter().map(|&c| u32::from(c)).sum();
     put_octal(&mut b[148..155], u64::from(sum));
