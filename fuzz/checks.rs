@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::io::Write;
 
 use oci_export::reference::Reference;
-use oci_export::tarsplit::{clean_path, Entry, TarSplitReader};
+use oci_export::tarsplit::{clean_path, Entry, EntrySize, TarSplitReader};
 
 /// Every entry the parser yields, and how the stream ended (`Err` carries the message).
 fn parse_all<I>(reader: I) -> (Vec<Entry>, Result<(), String>)
@@ -54,7 +54,36 @@ pub fn tarsplit_parse(data: &[u8]) -> (Vec<Entry>, Result<(), String>) {
 
     let (plain_entries, plain_end) = parse_all(TarSplitReader::plain(data));
     check_entries(&plain_entries, &plain_end);
+    check_sizes(data, &plain_entries, &plain_end);
     (plain_entries, plain_end)
+}
+
+/// The sizing pass must accept whatever the full parse accepts, with the same sizes (it may
+/// accept more: it checks base64 segments without decoding them, and the rebuild decodes).
+fn check_sizes(data: &[u8], entries: &[Entry], end: &Result<(), String>) {
+    let mut reader = TarSplitReader::plain(data);
+    let mut sizes = Vec::new();
+    let sized = loop {
+        match reader.next_size() {
+            Ok(Some(s)) => sizes.push(s),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    if end.is_ok() {
+        assert!(
+            sized.is_ok(),
+            "the sizing pass refused a stream the parser accepted: {sized:?}"
+        );
+        let want: Vec<EntrySize> = entries
+            .iter()
+            .map(|e| match e {
+                Entry::Segment(b) => EntrySize::Segment(b.len() as u64),
+                Entry::File(f) => EntrySize::File(f.size),
+            })
+            .collect();
+        assert_eq!(sizes, want, "the sizing pass disagrees with the parser");
+    }
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {

@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::io::{LayerDir, ReadEngine, ReplaySink};
 use crate::model::{Layer, LayerContent};
-use crate::tarsplit::{Entry, TarSplitReader};
+use crate::tarsplit::{EntrySize, TarSplitReader};
 
 pub use blocks::{Block, BlockSink, WriteBlocks, BLOCK_SIZE};
 use parse_ahead::ParseAhead;
@@ -63,12 +63,16 @@ pub fn measure_layer(layer: &Layer) -> Result<LayerMeasure> {
         tar_size: 0,
         files: 0,
     };
-    for entry in open_tar_split(tar_split, layer)? {
-        match entry.with_context(|| format!("{}: tar-split is invalid", layer.origin))? {
-            Entry::Segment(bytes) => measure.tar_size += bytes.len() as u64,
-            Entry::File(f) => {
-                measure.tar_size += f.size;
-                measure.files += u64::from(f.size > 0);
+    let mut reader = open_tar_split(tar_split, layer)?;
+    while let Some(size) = reader
+        .next_size()
+        .with_context(|| format!("{}: tar-split is invalid", layer.origin))?
+    {
+        match size {
+            EntrySize::Segment(len) => measure.tar_size += len,
+            EntrySize::File(len) => {
+                measure.tar_size += len;
+                measure.files += u64::from(len > 0);
             }
         }
     }

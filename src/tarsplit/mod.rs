@@ -15,5 +15,6 @@ mod reader;
 
 pub use entry::{Entry, FileEntry};
 pub use reader::{
-    clean_path, TarSplitError, TarSplitReader, TarSplitReaderInput as TarSplitInput, MAX_FILE_SIZE,
+    clean_path, EntrySize, TarSplitError, TarSplitReader, TarSplitReaderInput as TarSplitInput,
+    MAX_FILE_SIZE,
 };

@@ -117,6 +117,48 @@ impl<R: Read> TarSplitReader<R> {
 
     /// The next entry, `Ok(None)` at a clean end of stream.
     pub fn next_entry(&mut self) -> Result<Option<Entry>, TarSplitError> {
+        self.next_with(|raw, line, seen| {
+            let entry = validate(raw, line, seen)?;
+            let is_segment = matches!(entry, Entry::Segment(_));
+            Ok((entry, is_segment))
+        })
+    }
+
+    /// The next entry's contribution to the tar's size, `Ok(None)` at a clean end of stream.
+    ///
+    /// For the sizing pass, which runs before anything can be written: segment payloads are
+    /// checked to be padded standard base64 and measured without being decoded (the rebuild
+    /// decodes them, and fails on any bad byte); file entries get every check `next_entry`
+    /// makes, duplicate paths included.
+    pub fn next_size(&mut self) -> Result<Option<EntrySize>, TarSplitError> {
+        self.next_with(|raw, line, seen| {
+            if raw.kind == SEGMENT_TYPE {
+                let len = match raw.payload.as_deref() {
+                    None => 0,
+                    Some(p) => base64_decoded_len(p).ok_or_else(|| TarSplitError::Malformed {
+                        line,
+                        reason: "payload is not base64 (padded standard base64 expected)".into(),
+                    })?,
+                };
+                return Ok((EntrySize::Segment(len as u64), true));
+            }
+            match validate(raw, line, seen)? {
+                Entry::File(f) => Ok((EntrySize::File(f.size), false)),
+                Entry::Segment(_) => unreachable!("segments are handled above"),
+            }
+        })
+    }
+
+    /// Reads lines until one parses, and hands it to `decode` with its line number and the
+    /// duplicate-path set; `decode` also says whether the entry was a segment.
+    fn next_with<T>(
+        &mut self,
+        mut decode: impl FnMut(
+            RawEntry,
+            u64,
+            Option<&mut HashSet<Vec<u8>>>,
+        ) -> Result<(T, bool), TarSplitError>,
+    ) -> Result<Option<T>, TarSplitError> {
         loop {
             if self.done {
                 return Ok(None);
@@ -146,9 +188,9 @@ impl<R: Read> TarSplitReader<R> {
                 Ok(raw) => raw,
                 Err(e) => return Err(self.malformed(format!("invalid JSON: {e}"))),
             };
-            let entry = validate(raw, self.line_no, self.seen.as_mut())?;
-            self.saw_segment_last = matches!(entry, Entry::Segment(_));
-            return Ok(Some(entry));
+            let (value, is_segment) = decode(raw, self.line_no, self.seen.as_mut())?;
+            self.saw_segment_last = is_segment;
+            return Ok(Some(value));
         }
     }
 
@@ -173,6 +215,30 @@ impl<R: Read> Iterator for TarSplitReader<R> {
             }
         }
     }
+}
+
+/// What an entry adds to the size of the tar (see [`TarSplitReader::next_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntrySize {
+    Segment(u64),
+    File(u64),
+}
+
+/// The decoded length of padded standard base64, after checking its alphabet; `None` when it is
+/// not padded standard base64.
+fn base64_decoded_len(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    if b.len() % 4 != 0 {
+        return None;
+    }
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return None;
+    }
+    let body_ok = b[..b.len() - pad]
+        .iter()
+        .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/');
+    body_ok.then(|| b.len() / 4 * 3 - pad)
 }
 
 /// Checks one parsed line and turns it into an [`Entry`].
@@ -392,6 +458,41 @@ mod tests {
             .collect::<Result<Vec<_>, _>>()
             .unwrap_err();
         assert!(matches!(err, TarSplitError::Io(_)), "{err}");
+    }
+
+    #[test]
+    fn sizes_match_decoded_entries() {
+        let text = concat!(
+            r#"{"type":2,"payload":"aGVhZGVy"}"#,
+            "\n",
+            r#"{"type":1,"name":"a","size":4,"payload":"YVqy3bAAAAA="}"#,
+            "\n",
+            r#"{"type":2,"payload":"aGk="}"#,
+            "\n",
+            r#"{"type":2,"payload":"aA=="}"#,
+            "\n",
+            r#"{"type":2,"payload":null}"#,
+            "\n",
+        );
+        let stream = gz(text);
+        let mut reader = TarSplitReader::gzipped(&stream[..]);
+        let mut sizes = Vec::new();
+        while let Some(s) = reader.next_size().unwrap() {
+            sizes.push(s);
+        }
+        use EntrySize::*;
+        assert_eq!(
+            sizes,
+            [Segment(6), File(4), Segment(2), Segment(1), Segment(0)]
+        );
+        for bad in ["aGVhZGVy=", "aGVh!GVy", "a===", "aGk"] {
+            let line = format!("{{\"type\":2,\"payload\":\"{bad}\"}}\n");
+            let stream = gz(&line);
+            let err = TarSplitReader::gzipped(&stream[..])
+                .next_size()
+                .unwrap_err();
+            assert!(err.to_string().contains("base64"), "{bad}: {err}");
+        }
     }
 
     #[test]
