@@ -15,6 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 
@@ -58,12 +59,17 @@ impl LayerDir {
     }
 }
 
+/// Whether member opens still ask for O_NOATIME, for every engine of this process.
+///
+/// O_NOATIME keeps reads from updating access times under the data root, but the kernel allows
+/// it only on files we own or with CAP_FOWNER, and otherwise refuses the whole open (EPERM):
+/// not root, or root without that capability, on a file of another owner. The first refusal
+/// turns it off for the rest of the run.
+static ASK_NOATIME: AtomicBool = AtomicBool::new(true);
+
 /// The `open_how` for member files, shared by both engines.
 pub fn member_open_how() -> libc::open_how {
-    // O_NOATIME keeps reads from updating access times under the data root; the kernel allows
-    // it only to the file's owner or root, and refuses the whole open otherwise.
-    // SAFETY: geteuid cannot fail.
-    let noatime = if unsafe { libc::geteuid() } == 0 {
+    let noatime = if ASK_NOATIME.load(Ordering::Relaxed) {
         libc::O_NOATIME
     } else {
         0
@@ -76,6 +82,16 @@ pub fn member_open_how() -> libc::open_how {
     how
 }
 
+/// An open that asked with `flags` failed with `errno`. When that is O_NOATIME being refused,
+/// stops asking for it (see [`ASK_NOATIME`]) and returns true: the open is worth retrying.
+pub fn retry_without_noatime(errno: Option<i32>, flags: u64) -> bool {
+    let refused = errno == Some(libc::EPERM) && flags & libc::O_NOATIME as u64 != 0;
+    if refused {
+        ASK_NOATIME.store(false, Ordering::Relaxed);
+    }
+    refused
+}
+
 /// The member name as a C string for `openat2`.
 pub fn member_c_name(file: &FileEntry) -> Result<CString> {
     CString::new(file.name.clone())
@@ -85,14 +101,22 @@ pub fn member_c_name(file: &FileEntry) -> Result<CString> {
 /// Opens a member file of `dir` with `openat2`, confined to the directory.
 pub fn open_member(dir: &LayerDir, file: &FileEntry) -> Result<File> {
     let name = member_c_name(file)?;
-    let how = member_open_how();
-    let fd = openat2(dir.fd().as_raw_fd(), &name, &how).with_context(|| {
-        format!(
-            "file {:?}: cannot open it in {}",
-            file.display_name(),
-            dir.path().display()
-        )
-    })?;
+    let fd = loop {
+        let how = member_open_how();
+        match openat2(dir.fd().as_raw_fd(), &name, &how) {
+            Ok(fd) => break fd,
+            Err(e) if retry_without_noatime(e.raw_os_error(), how.flags) => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "file {:?}: cannot open it in {}",
+                        file.display_name(),
+                        dir.path().display()
+                    )
+                })
+            }
+        }
+    };
     let f = File::from(fd);
     check_regular_of_size(&f, file)?;
     Ok(f)

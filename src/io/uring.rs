@@ -24,7 +24,9 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use anyhow::{anyhow, bail, Result};
 use io_uring::{opcode, types, IoUring};
 
-use super::safe_open::{check_regular_of_size, member_c_name, member_open_how, openat2};
+use super::safe_open::{
+    check_regular_of_size, member_c_name, member_open_how, openat2, retry_without_noatime,
+};
 use super::{Entries, LayerDir, ReadEngine, ReplaySink};
 use crate::tarsplit::{Entry, FileEntry};
 
@@ -70,11 +72,9 @@ pub struct UringEngine {
     ring: IoUring,
     /// Shared by every open; boxed so its address is stable while the kernel may read it.
     how: Box<types::OpenHow>,
-    /// `how` without O_NOATIME, which the kernel refuses (EPERM) for files we do not own unless
-    /// we hold CAP_FOWNER: not root, or root without that capability.
+    /// `how` without O_NOATIME, for once the kernel has refused it
+    /// ([`super::safe_open::retry_without_noatime`]).
     how_without_noatime: Box<types::OpenHow>,
-    /// Whether opens still ask for O_NOATIME (cleared on the first EPERM).
-    use_noatime: bool,
     /// Reusable CHUNK-sized buffers.
     spare: Vec<Vec<u8>>,
 }
@@ -93,7 +93,6 @@ impl UringEngine {
             ring,
             how,
             how_without_noatime,
-            use_noatime: true,
             spare: Vec::new(),
         })
     }
@@ -249,25 +248,18 @@ impl Replay<'_> {
         // Fast path: when the path is in the dentry cache (a warm cache), a synchronous open with
         // RESOLVE_CACHED costs less than handing the open to io_uring, which would run it on a
         // worker thread. Only lookups that would touch the disk go through the ring.
-        let mut cached_how = member_open_how();
-        cached_how.resolve |= libc::RESOLVE_CACHED;
         let file = loop {
-            if !self.engine.use_noatime {
-                cached_how.flags &= !(libc::O_NOATIME as u64);
-            }
+            let mut cached_how = member_open_how();
+            cached_how.resolve |= libc::RESOLVE_CACHED;
             match openat2(dir.fd().as_raw_fd(), &name, &cached_how) {
                 Ok(fd) => break Some(opened(File::from(fd), &entry)?),
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break None,
-                // O_NOATIME is refused for files we do not own without CAP_FOWNER; retry without
-                // it, as the plain engine does, or a run without root fails on every file.
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) && self.engine.use_noatime => {
-                    self.engine.use_noatime = false;
-                }
+                Err(e) if retry_without_noatime(e.raw_os_error(), cached_how.flags) => {}
                 Err(e) => bail!("file {:?}: cannot open it: {e}", entry.display_name()),
             }
         };
         let open_pending = file.is_none();
-        let noatime = self.engine.use_noatime;
+        let noatime = member_open_how().flags & libc::O_NOATIME as u64 != 0;
         self.queue.push_back(Item::File(Box::new(FileState {
             entry,
             name,
@@ -413,14 +405,17 @@ impl Replay<'_> {
             match op {
                 OP_OPEN => {
                     state.open_pending = false;
-                    if result == -libc::EPERM && state.noatime {
-                        // O_NOATIME refused (a file we do not own): open again without it.
+                    let asked = if state.noatime {
+                        libc::O_NOATIME as u64
+                    } else {
+                        0
+                    };
+                    if result < 0 && retry_without_noatime(Some(-result), asked) {
                         state.noatime = false;
                         state.open_pending = true;
                         let sqe =
                             open_sqe(&self.engine.how_without_noatime, self.dir_fd, &state.name)
                                 .user_data(data);
-                        self.engine.use_noatime = false;
                         self.push(sqe)?;
                         continue;
                     }
