@@ -1,5 +1,5 @@
-//! Scratch directories: private temporary space outside the engine's data root, removed when
-//! dropped and on SIGINT/SIGTERM/SIGHUP.
+//! Scratch directories: temporary space outside the engine's data root, removed when dropped
+//! and on SIGINT/SIGTERM/SIGHUP, unless moved into place as the finished output.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,8 @@ use crate::interrupt;
 use crate::sink::output::refuse_inside;
 
 pub struct ScratchDir {
-    path: PathBuf,
+    /// `None` once the directory has been moved into place by [`ScratchDir::persist_as`].
+    path: Option<PathBuf>,
 }
 
 impl ScratchDir {
@@ -19,19 +20,49 @@ impl ScratchDir {
         let path =
             std::env::temp_dir().join(format!("oci-export-{}-{purpose}", std::process::id()));
         refuse_inside(&path, forbidden)?;
+        Self::create(path)
+    }
+
+    /// Creates the directory `path` (which must not exist).
+    pub fn create(path: PathBuf) -> Result<Self> {
+        // Registered before it exists, so a signal right after its creation cannot leave it
+        // behind.
         interrupt::register(&path);
-        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(ScratchDir { path })
+        if let Err(e) = std::fs::create_dir(&path) {
+            interrupt::unregister(&path);
+            return Err(e).with_context(|| format!("cannot create {}", path.display()));
+        }
+        Ok(ScratchDir { path: Some(path) })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.path.as_deref().expect("not yet persisted")
+    }
+
+    /// Renames the directory to `target`: it is no longer scratch, and is kept.
+    pub fn persist_as(mut self, target: &Path) -> Result<()> {
+        let path = self.path.take().expect("persisted once");
+        let renamed = std::fs::rename(&path, target);
+        if renamed.is_err() {
+            self.path = Some(path);
+            return renamed.with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    self.path().display(),
+                    target.display()
+                )
+            });
+        }
+        interrupt::unregister(&path);
+        Ok(())
     }
 }
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-        interrupt::unregister(&self.path);
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_dir_all(&path);
+            interrupt::unregister(&path);
+        }
     }
 }

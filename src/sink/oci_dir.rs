@@ -16,9 +16,9 @@ use anyhow::{bail, Context, Result};
 use super::output::{absolute, refuse_inside};
 use super::plan::{Body, Plan};
 use super::writer::{BlobProducer, Progress};
-use crate::interrupt;
 use crate::parallel;
 use crate::reassembly::{Block, BlockSink};
+use crate::scratch::ScratchDir;
 
 /// Entries of a docker archive that are Docker's, not OCI's.
 const DOCKER_ONLY: [&str; 2] = ["manifest.json", "repositories"];
@@ -58,12 +58,8 @@ pub fn write_dir(
         .with_context(|| format!("{} has no name", target.display()))?
         .to_string_lossy();
     let temp = target.with_file_name(format!(".{name}.{}.oci-export-partial", std::process::id()));
-    // Registered before it exists, so a signal right after its creation cannot leave it behind.
-    interrupt::register(&temp);
-    std::fs::create_dir(&temp)
-        .with_context(|| format!("cannot create {}", temp.display()))
-        .inspect_err(|_| interrupt::unregister(&temp))?;
-    let guard = RemoveOnDrop(Some(temp.clone()));
+    let scratch = ScratchDir::create(temp)?;
+    let temp = scratch.path();
 
     for entry in &plan.entries {
         let path = temp.join(&entry.path);
@@ -93,11 +89,7 @@ pub fn write_dir(
         std::fs::remove_dir(&target)
             .with_context(|| format!("cannot replace the empty directory {}", target.display()))?;
     }
-    std::fs::rename(&temp, &target)
-        .with_context(|| format!("cannot rename {} to {}", temp.display(), target.display()))?;
-    interrupt::unregister(&temp);
-    std::mem::forget(guard);
-    Ok(())
+    scratch.persist_as(&target)
 }
 
 fn write_blob(
@@ -129,16 +121,5 @@ impl BlockSink for CountingWriter<'_> {
             .bytes
             .fetch_add(block.len() as u64, Ordering::Relaxed);
         Ok(())
-    }
-}
-
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(&p);
-            interrupt::unregister(&p);
-        }
     }
 }
