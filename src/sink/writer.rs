@@ -91,16 +91,7 @@ pub fn write_archive(
     let (placed, total) = layout(plan);
     match opts.positional_base {
         Some(base) => {
-            write_positional(
-                plan,
-                &placed,
-                total,
-                producer,
-                opts.file,
-                base,
-                opts.jobs,
-                opts.progress,
-            )?;
+            write_positional(plan, &placed, total, producer, opts, base)?;
             before_end()?;
         }
         None => write_streaming(plan, &placed, producer, opts, before_end)?,
@@ -120,17 +111,15 @@ fn blob_order(plan: &Plan) -> Vec<(usize, usize)> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn write_positional(
     plan: &Plan,
     placed: &[Placed],
     total: u64,
     producer: &dyn BlobProducer,
-    file: &File,
+    opts: &WriteOptions,
     base: u64,
-    jobs: usize,
-    progress: &Progress,
 ) -> Result<()> {
+    let (file, jobs, progress) = (opts.file, opts.jobs, opts.progress);
     reserve(file, base, total)?;
     // Headers, small documents and padding first: cheap, and all at known offsets.
     for (entry, p) in plan.entries.iter().zip(placed) {
