@@ -150,6 +150,10 @@ impl<W: std::io::Write> HashingWriter<W> {
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
+
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
 }
 
 impl<W: std::io::Write> std::io::Write for HashingWriter<W> {

@@ -350,3 +350,116 @@ fn output_inside_the_data_root_is_refused() {
     let outcome = s.unchanged_by(|| s.run(&[IMAGE.as_ref(), "-o".as_ref(), evil.as_ref()]));
     assert_failed_with(&outcome, &["refusing to write"], "symlink at -o");
 }
+
+// ---- compressed output, written as each layer is finished ----------------------------------
+
+/// Member names in archive order.
+fn member_names(archive: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in tar::Archive::new(archive).entries().unwrap() {
+        names.push(
+            entry
+                .unwrap()
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    names
+}
+
+#[test]
+fn compressed_output_is_the_same_through_a_file_a_pipe_and_a_redirection() {
+    // The blobs are copied by the kernel, by a different call for each kind of destination
+    // (copy_file_range, splice): the bytes must not depend on it.
+    let s = Sample::new();
+    for alg in ["gzip", "zstd"] {
+        let args = ["-c", alg, "--no-cache", "-q"];
+        let via_o = s.export_to_file(&args);
+        assert!(via_o.ok(), "[{alg}] {}", via_o.stderr);
+        let archive = fs::read(s.out()).unwrap();
+        let via_pipe = s.export_to_stdout(&args);
+        assert!(via_pipe.ok(), "[{alg}] {}", via_pipe.stderr);
+        assert!(via_pipe.stdout == archive, "[{alg}] pipe and -o differ");
+
+        let path = s.tmp.path().join("stdout.tar");
+        fs::write(&path, b"prefix").unwrap();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.seek(SeekFrom::End(0)).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--data-root").arg(&s.root).arg(IMAGE);
+        cmd.stdout(file);
+        let outcome = run_with_stdout_set(cmd);
+        assert!(outcome.ok(), "[{alg}] {}", outcome.stderr);
+        assert!(
+            fs::read(&path).unwrap() == [&b"prefix"[..], &archive].concat(),
+            "[{alg}] redirection differs"
+        );
+
+        // Layer blobs lead, in the manifest's layer order, so each could leave as soon as it
+        // was compressed.
+        let names = member_names(&archive);
+        let members = harness::read_archive(&archive);
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&members["manifest.json"]).unwrap();
+        let layers: Vec<&str> = manifest[0]["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        let mut distinct = layers.clone();
+        distinct.dedup();
+        assert!(distinct.len() > 1, "the sample has several layers");
+        assert_eq!(&names[..2], ["blobs/", "blobs/sha256/"]);
+        assert_eq!(names[2..2 + distinct.len()], distinct[..], "[{alg}]");
+    }
+}
+
+#[test]
+fn a_failing_compressed_export_leaves_nothing_and_caches_nothing_bad() {
+    // The top layer fails verification while the layers below may already be written out.
+    let s = Sample::new();
+    damage_top_member(&s);
+    let cache = s.tmp.path().join("cache");
+    let cache_arg = cache.to_str().unwrap();
+    for alg in ["gzip", "zstd"] {
+        for format in ["archive", "oci-dir"] {
+            let what = format!("{alg}, {format}");
+            let outcome = s.unchanged_by(|| {
+                s.export_to_file(&["-c", alg, "--format", format, "--cache-dir", cache_arg])
+            });
+            // The real cause, not the abandonment of the other layers' compression.
+            assert_clean_failure(&s, &outcome, &["CRC-64"], &what);
+            assert!(
+                !outcome.stderr.contains("abandoned"),
+                "[{what}] {}",
+                outcome.stderr
+            );
+        }
+        // Stdout redirected to a file is cut back to where it was.
+        let path = s.tmp.path().join("stdout.tar");
+        fs::write(&path, b"kept").unwrap();
+        let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::End(0)).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["-c", alg, "--cache-dir", cache_arg, "--data-root"])
+            .arg(&s.root)
+            .arg(IMAGE);
+        cmd.stdout(file);
+        let outcome = s.unchanged_by(|| run_with_stdout_set(cmd));
+        assert_failed_with(&outcome, &["CRC-64"], alg);
+        assert_eq!(fs::read(&path).unwrap(), b"kept", "[{alg}] not cut back");
+    }
+    // Layers that verified may be cached; the damaged one never is.
+    let diff_id = s.diff_ids()[s.top()].hex();
+    let cached: Vec<String> = fs::read_dir(cache.join("v1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        cached.iter().all(|name| !name.contains(&diff_id)),
+        "the damaged layer was cached: {cached:?}"
+    );
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 use super::{CachedBlob, Entry, Key, Lookup};
-use crate::digest::{HashingWriter, Sha256Hasher};
+use crate::digest::{Digest, HashingWriter, Sha256Hasher};
 
 /// Subdirectory of the current layout; a new layout gets a new name and leaves this one be.
 const LAYOUT: &str = "v1";
@@ -153,16 +153,18 @@ impl BlobCache {
         Ok(PendingBlob {
             cache: self,
             key: *key,
-            file: HashingWriter::new(file),
+            file,
+            size: 0,
             temp: Some(temp),
         })
     }
 
     /// Stores everything `src` yields as `key`'s blob.
     pub fn put(&self, key: &Key, src: &mut dyn Read) -> Result<Entry> {
-        let mut pending = self.begin(key)?;
+        let mut pending = HashingWriter::new(self.begin(key)?);
         io::copy(src, &mut pending).context("writing a blob into the cache")?;
-        pending.commit()
+        let digest = pending.digest();
+        Ok(pending.into_inner().commit(digest)?.entry)
     }
 
     /// All readable entries, in no particular order (entries are not verified here).
@@ -244,6 +246,7 @@ impl BlobCache {
             let name = format!("{TEMP_PREFIX}{}-{n}-{}", std::process::id(), now_unix_ms());
             let path = self.dir.join(name);
             match OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
@@ -280,16 +283,24 @@ impl BlobCache {
 pub struct PendingBlob<'a> {
     cache: &'a BlobCache,
     key: Key,
-    /// The temporary file, hashed and counted as it is written.
-    file: HashingWriter<File>,
+    /// The temporary file, opened for reading too so that the committed blob can be copied out
+    /// through the very descriptor that wrote it.
+    file: File,
+    /// Bytes written so far.
+    size: u64,
     /// The temporary file, until it is renamed into place.
     temp: Option<PathBuf>,
 }
 
 impl PendingBlob<'_> {
-    /// Makes the written bytes `key`'s entry, replacing any earlier one. Returns the entry,
-    /// whose digest and size the caller can check against what it meant to write.
-    pub fn commit(mut self) -> Result<Entry> {
+    /// Makes the written bytes `key`'s entry, replacing any earlier one, and returns it open
+    /// at its start.
+    ///
+    /// `digest` is the SHA-256 of exactly the bytes written, as the writer computed it on the
+    /// way in (a compressor hashes its output anyway; hashing it here too would cost a second
+    /// pass). The cache verifies every entry again before any later export uses it, so a wrong
+    /// digest would cost a recompression, never a wrong blob.
+    pub fn commit(mut self, digest: Digest) -> Result<CachedBlob> {
         let temp = self.temp.take().context("blob already committed")?;
         let blob_path = self.cache.path(&self.key, BLOB_EXT);
         if let Err(e) = fs::rename(&temp, &blob_path) {
@@ -301,21 +312,33 @@ impl PendingBlob<'_> {
             diff_id: self.key.diff_id,
             algorithm: self.key.algorithm,
             level: self.key.level,
-            digest: self.file.digest(),
-            size: self.file.size(),
+            digest,
+            size: self.size,
             created_unix_ms: now,
             last_used_unix_ms: now,
         };
         // The blob is in place before its metadata, so a reader that finds metadata finds a
         // whole blob (or, if two writers race, an equal one: the key fixes the bytes).
         self.cache.write_meta(&entry)?;
-        Ok(entry)
+        let mut file = self
+            .file
+            .try_clone()
+            .context("reopening a committed blob")?;
+        file.rewind()
+            .with_context(|| format!("reading {}", blob_path.display()))?;
+        Ok(CachedBlob {
+            entry,
+            path: blob_path,
+            file,
+        })
     }
 }
 
 impl Write for PendingBlob<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
+        let n = self.file.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {

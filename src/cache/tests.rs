@@ -301,12 +301,34 @@ fn a_compressor_can_write_straight_into_the_cache() {
     let mut compressor = Compressor::new(&settings, &mut pending).unwrap();
     compressor.write_all(&layer).unwrap();
     let blob = compressor.finish().unwrap();
-    let entry = pending.commit().unwrap();
-    assert_eq!((entry.digest, entry.size), (blob.digest, blob.size));
+    let committed = pending.commit(blob.digest).unwrap();
+    assert_eq!(
+        (committed.entry.digest, committed.entry.size),
+        (blob.digest, blob.size)
+    );
+    // The committed blob comes back open at its start, ready to be copied out.
+    let mut direct = Vec::new();
+    { committed.file }.read_to_end(&mut direct).unwrap();
     let (_, cached) = read_hit(cache.get(&k).unwrap());
     let mut back = Vec::new();
+    assert!(direct == cached);
     flate2::read::GzDecoder::new(&cached[..])
         .read_to_end(&mut back)
         .unwrap();
     assert!(back == layer);
+}
+
+#[test]
+fn a_blob_committed_under_a_wrong_digest_is_never_handed_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(tmp.path()).unwrap();
+    let k = key(7, 3);
+    let mut pending = cache.begin(&k).unwrap();
+    pending.write_all(b"the real bytes").unwrap();
+    pending.commit(Digest::of(b"other bytes")).unwrap();
+    match cache.get(&k).unwrap() {
+        Lookup::Discarded(reason) => assert!(reason.contains("digest"), "{reason}"),
+        other => panic!("a mislabelled blob was not caught: {other:?}"),
+    }
+    assert!(matches!(cache.get(&k).unwrap(), Lookup::Miss));
 }

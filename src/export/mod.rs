@@ -1,5 +1,6 @@
 //! The export pipeline: source → plan → reassembly (→ compression) → sink.
 
+mod compressed;
 mod layers;
 
 use std::collections::HashMap;
@@ -18,12 +19,12 @@ use crate::regenerate::{needs_regeneration, regenerate_image, Regenerated};
 use crate::scratch::ScratchDir;
 use crate::sink::output::refuse_inside;
 use crate::sink::output::Output;
-use crate::sink::plan::BlobInfo;
-use crate::sink::writer::{write_archive, BlobProducer, Progress, WriteOptions};
-use crate::sink::{docker_archive, oci_dir};
+use crate::sink::writer::{write_archive, Progress, WriteOptions};
+use crate::sink::{docker_archive, incremental, oci_dir};
 use crate::source::overlay2::Overlay2Store;
 use crate::source::ImageStore;
-use layers::{compress_all, measure_all, uncompressed_blobs, Rebuilder};
+use compressed::{with_compressed_layers, CompressJob};
+use layers::{measure_all, uncompressed_blobs, Rebuilder};
 
 /// Everything an export needs to know.
 pub struct ExportRequest {
@@ -138,98 +139,160 @@ pub fn run(req: &ExportRequest) -> Result<()> {
     let mut regenerated = None;
     set.regenerate_missing(req.regenerate_missing, &mut regenerated, &req.data_root)?;
     let sizes = measure_all(&set.layers, req.jobs)?;
-    let engines = EngineFactory::new(req.io_mode)?;
     let blob_of: HashMap<Digest, usize> = set
         .layers
         .iter()
         .enumerate()
         .map(|(i, l)| (l.diff_id, i))
         .collect();
-
-    // Uncompressed layers stream straight from reassembly; compressed ones are made first,
-    // because an archive header or a manifest needs a blob's size and digest before its bytes.
-    let rebuilder = Rebuilder {
-        layers: &set.layers,
+    let export = Export {
+        req,
+        engines: EngineFactory::new(req.io_mode)?,
+        store: &store,
+        set: &set,
+        stored: &stored,
         sizes: &sizes,
-        engines,
+        blob_of: &blob_of,
+        progress: Progress::default(),
     };
-    let mut _no_cache_dir = None;
-    let compressed = match &req.compression {
-        None => None,
-        Some(settings) => {
-            let cache = match &req.cache {
-                CacheChoice::Dir(dir) => {
-                    refuse_inside(dir, &req.data_root)?;
-                    BlobCache::open(dir)?
-                }
-                CacheChoice::None => {
-                    let scratch = ScratchDir::new("blobs", &req.data_root)?;
-                    let cache = BlobCache::open(scratch.path())?;
-                    _no_cache_dir = Some(scratch);
-                    cache
-                }
-            };
-            let made = compress_all(&set.layers, &sizes, settings, &cache, engines, req.jobs)?;
-            if let CacheChoice::Dir(_) = req.cache {
-                // Keep the cache bounded; a failure here must not fail the export.
-                if let Err(e) = cache.prune(crate::cache::DEFAULT_MAX_BYTES) {
-                    eprintln!("oci-export: warning: could not prune the blob cache: {e:#}");
-                }
-            }
-            Some(made)
-        }
-    };
-    let (blobs, producer): (Vec<BlobInfo>, &dyn BlobProducer) = match &compressed {
-        None => (uncompressed_blobs(&set.layers, &sizes), &rebuilder),
-        Some(c) => (c.blobs.clone(), c),
-    };
-    let total: u64 = blobs.iter().map(|b| b.size).sum();
-    let plan = docker_archive::plan(&set.images, blobs, &blob_of);
 
-    let progress = Progress::default();
-    let reporter = req
-        .show_progress
-        .then(|| crate::progress::Reporter::start(&progress, total));
-
-    let result = match req.format {
-        Format::Archive => {
-            let output = match &req.output {
-                Some(path) => Output::file(path, &req.data_root)?,
-                None => Output::stdout()?,
-            };
-            let opts = WriteOptions {
-                file: output.file_handle(),
-                positional_base: output.positional_base(),
-                jobs: req.jobs,
-                progress: &progress,
-            };
-            let len = write_archive(&plan, producer, &opts, &|| {
-                confirm(&store, &set.inputs, &stored)
-            })?;
-            output.commit(len)
-        }
-        Format::OciDir => {
-            let Some(dir) = &req.output else {
-                bail!("--format oci-dir writes a directory: give it with -o DIR");
-            };
-            let plan = oci_dir::from_docker_plan(plan);
-            // The directory only appears after `confirm`, so write it under its temporary name
-            // and check before the final rename.
-            oci_dir::write_dir(
-                &plan,
-                producer,
-                dir,
-                &req.data_root,
-                req.jobs,
-                &progress,
-                || confirm(&store, &set.inputs, &stored),
-            )
-        }
+    let reporter = req.show_progress.then(|| {
+        // Compressed sizes are unknown until the end: count the layers' own bytes instead.
+        crate::progress::Reporter::start(&export.progress, sizes.iter().sum())
+    });
+    let result = match &req.compression {
+        None => export.uncompressed(),
+        Some(settings) => export.compressed(settings),
     };
     if let Some(r) = reporter {
         r.finish(result.is_ok());
     }
     result
+}
+
+/// One export under way: what was resolved and measured, and where it goes.
+struct Export<'a> {
+    req: &'a ExportRequest,
+    engines: EngineFactory,
+    store: &'a dyn ImageStore,
+    set: &'a ExportSet,
+    stored: &'a [Image],
+    sizes: &'a [u64],
+    blob_of: &'a HashMap<Digest, usize>,
+    progress: Progress,
+}
+
+impl Export<'_> {
+    /// Uncompressed layers stream straight from reassembly: each one's digest is its diff_id
+    /// and its size was measured, so the whole output is planned before the first byte.
+    fn uncompressed(&self) -> Result<()> {
+        let rebuilder = Rebuilder {
+            layers: &self.set.layers,
+            sizes: self.sizes,
+            engines: self.engines,
+        };
+        let blobs = uncompressed_blobs(&self.set.layers, self.sizes);
+        let plan = docker_archive::plan(&self.set.images, blobs, self.blob_of);
+        match self.req.format {
+            Format::Archive => {
+                let output = self.open_output()?;
+                let opts = WriteOptions {
+                    file: output.file_handle(),
+                    positional_base: output.positional_base(),
+                    jobs: self.req.jobs,
+                    progress: &self.progress,
+                };
+                let len = write_archive(&plan, &rebuilder, &opts, &|| self.confirm())?;
+                output.commit(len)
+            }
+            Format::OciDir => oci_dir::write_dir(
+                &oci_dir::from_docker_plan(plan),
+                &rebuilder,
+                self.output_dir()?,
+                &self.req.data_root,
+                self.req.jobs,
+                &self.progress,
+                || self.confirm(),
+            ),
+        }
+    }
+
+    /// Compressed layers are known only once compressed, so they are made in the background
+    /// (into the blob cache) and written out in layer order as each is finished.
+    fn compressed(&self, settings: &Settings) -> Result<()> {
+        let req = self.req;
+        let mut _no_cache_dir = None;
+        let cache = match &req.cache {
+            CacheChoice::Dir(dir) => {
+                refuse_inside(dir, &req.data_root)?;
+                BlobCache::open(dir)?
+            }
+            CacheChoice::None => {
+                let scratch = ScratchDir::new("blobs", &req.data_root)?;
+                let cache = BlobCache::open(scratch.path())?;
+                _no_cache_dir = Some(scratch);
+                cache
+            }
+        };
+        let job = CompressJob {
+            layers: &self.set.layers,
+            sizes: self.sizes,
+            settings,
+            cache: &cache,
+            engines: self.engines,
+            jobs: req.jobs,
+            progress: &self.progress,
+        };
+        let layout = docker_archive::Layout {
+            images: &self.set.images,
+            blob_of: self.blob_of,
+        };
+        let result = match req.format {
+            Format::Archive => {
+                // Opened first, so that a refused destination costs no compression.
+                let output = self.open_output()?;
+                with_compressed_layers(&job, |blobs| {
+                    incremental::write_archive(&layout, blobs, output.file_handle(), &|| {
+                        self.confirm()
+                    })
+                })
+                .and_then(|len| output.commit(len))
+            }
+            Format::OciDir => {
+                let dir = self.output_dir()?;
+                with_compressed_layers(&job, |blobs| {
+                    oci_dir::write_dir_incrementally(&layout, blobs, dir, &req.data_root, || {
+                        self.confirm()
+                    })
+                })
+            }
+        };
+        if let CacheChoice::Dir(_) = req.cache {
+            // Keep the cache bounded; a failure here must not fail the export.
+            if let Err(e) = cache.prune(crate::cache::DEFAULT_MAX_BYTES) {
+                eprintln!("oci-export: warning: could not prune the blob cache: {e:#}");
+            }
+        }
+        result
+    }
+
+    fn open_output(&self) -> Result<Output> {
+        match &self.req.output {
+            Some(path) => Output::file(path, &self.req.data_root),
+            None => Output::stdout(),
+        }
+    }
+
+    fn output_dir(&self) -> Result<&Path> {
+        match &self.req.output {
+            Some(dir) => Ok(dir),
+            None => bail!("--format oci-dir writes a directory: give it with -o DIR"),
+        }
+    }
+
+    fn confirm(&self) -> Result<()> {
+        confirm(self.store, &self.set.inputs, self.stored)
+    }
 }
 
 /// The storage must still hold what we exported: an image removed or re-tagged during the

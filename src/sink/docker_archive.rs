@@ -6,6 +6,7 @@
 //! blobs/sha256/                mtime: epoch
 //! blobs/sha256/<hex>           layers (named by blob digest), configs (by image ID),
 //!                              OCI manifests; sorted by hex, as Docker's directory walk does
+//!                              (compressed layers come first, in layer order: see BlobOrder)
 //! index.json                   one descriptor per tag
 //! manifest.json                Docker's own manifest, with LayerSources for every layer
 //! oci-layout
@@ -20,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::oci_layout::{self, Descriptor};
-use super::plan::{BlobInfo, Body, Plan, PlanEntry};
+use super::plan::{BlobInfo, Body, IncrementalPlan, Plan, PlanEntry};
 use crate::digest::Digest;
 use crate::model::Image;
 
@@ -50,10 +51,86 @@ fn blob_path(digest: &Digest) -> String {
     format!("blobs/sha256/{}", digest.hex())
 }
 
-/// Lays out the archive. `blob_of` maps each layer diff_id to its index in `blobs`.
+/// Where the layer blobs go among the other blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobOrder {
+    /// Sorted by hex together with the configs and manifests, as `docker save` writes them.
+    ByDigest,
+    /// Right after the directories, in layer order, so that each can be written as soon as it
+    /// is made (compressed layers, whose digests are known only once compressed). Every reader
+    /// finds members by name, so the order is free.
+    LayersFirst,
+}
+
+/// The docker archive of some images, for a writer that learns layer blobs one at a time.
+pub struct Layout<'a> {
+    pub images: &'a [Image],
+    /// Each layer diff_id's index in the blob list.
+    pub blob_of: &'a HashMap<Digest, usize>,
+}
+
+impl IncrementalPlan for Layout<'_> {
+    fn leading(&self) -> Vec<PlanEntry> {
+        let last_created = self.images.last().map_or(0, |i| i.created);
+        vec![
+            PlanEntry {
+                path: "blobs/".into(),
+                mtime: last_created,
+                body: Body::Directory,
+            },
+            PlanEntry {
+                path: "blobs/sha256/".into(),
+                mtime: 0,
+                body: Body::Directory,
+            },
+        ]
+    }
+
+    fn blob_entry(&self, index: usize, blob: &BlobInfo) -> PlanEntry {
+        // Docker dates a layer blob by the first image (in export order) that has it.
+        let created = self
+            .images
+            .iter()
+            .find(|i| i.layers.iter().any(|l| self.blob_of[&l.diff_id] == index))
+            .map_or(0, |i| i.created);
+        PlanEntry {
+            path: blob_path(&blob.digest),
+            mtime: created,
+            body: Body::Blob(index),
+        }
+    }
+
+    fn complete(&self, blobs: Vec<BlobInfo>) -> Plan {
+        plan_in_order(self.images, blobs, self.blob_of, BlobOrder::LayersFirst)
+    }
+}
+
+/// Lays out the archive as `docker save` does. `blob_of` maps each layer diff_id to its index
+/// in `blobs`.
 pub fn plan(images: &[Image], blobs: Vec<BlobInfo>, blob_of: &HashMap<Digest, usize>) -> Plan {
-    // Blob entries keyed by hex so the final order is sorted, and each blob appears once.
-    let mut blob_entries: BTreeMap<String, PlanEntry> = BTreeMap::new();
+    plan_in_order(images, blobs, blob_of, BlobOrder::ByDigest)
+}
+
+/// Lays out the archive with the layer blobs in `order`.
+pub fn plan_in_order(
+    images: &[Image],
+    blobs: Vec<BlobInfo>,
+    blob_of: &HashMap<Digest, usize>,
+    order: BlobOrder,
+) -> Plan {
+    let layout = Layout { images, blob_of };
+    let mut entries = layout.leading();
+    // The other blobs keyed by hex so that their final order is sorted, each appearing once.
+    let mut sorted_blobs: BTreeMap<String, PlanEntry> = BTreeMap::new();
+    for (index, blob) in blobs.iter().enumerate() {
+        let entry = layout.blob_entry(index, blob);
+        match order {
+            BlobOrder::ByDigest => {
+                sorted_blobs.insert(blob.digest.hex(), entry);
+            }
+            BlobOrder::LayersFirst => entries.push(entry),
+        }
+    }
     let mut index_descriptors = Vec::new();
     let mut manifest_items = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -63,8 +140,7 @@ pub fn plan(images: &[Image], blobs: Vec<BlobInfo>, blob_of: &HashMap<Digest, us
         let mut layer_sources = BTreeMap::new();
         let mut layer_paths = Vec::with_capacity(image.layers.len());
         for layer in &image.layers {
-            let index = blob_of[&layer.diff_id];
-            let blob = &blobs[index];
+            let blob = &blobs[blob_of[&layer.diff_id]];
             layer_descriptors.push(Descriptor::new(blob.media_type, blob.digest, blob.size));
             layer_sources.insert(
                 layer.diff_id,
@@ -75,14 +151,9 @@ pub fn plan(images: &[Image], blobs: Vec<BlobInfo>, blob_of: &HashMap<Digest, us
                 },
             );
             layer_paths.push(blob_path(&blob.digest));
-            blob_entries.entry(blob.digest.hex()).or_insert(PlanEntry {
-                path: blob_path(&blob.digest),
-                mtime: image.created,
-                body: Body::Blob(index),
-            });
         }
 
-        blob_entries.entry(image.id.hex()).or_insert(PlanEntry {
+        sorted_blobs.entry(image.id.hex()).or_insert(PlanEntry {
             path: blob_path(&image.id),
             mtime: image.created,
             body: Body::Bytes(image.config.clone()),
@@ -91,7 +162,7 @@ pub fn plan(images: &[Image], blobs: Vec<BlobInfo>, blob_of: &HashMap<Digest, us
         let manifest = oci_layout::image_manifest(image, &layer_descriptors);
         let manifest_digest = Digest::of(&manifest);
         index_descriptors.extend(oci_layout::index_entries(image, &manifest));
-        blob_entries
+        sorted_blobs
             .entry(manifest_digest.hex())
             .or_insert(PlanEntry {
                 path: blob_path(&manifest_digest),
@@ -118,20 +189,7 @@ pub fn plan(images: &[Image], blobs: Vec<BlobInfo>, blob_of: &HashMap<Digest, us
         });
     }
 
-    let last_created = images.last().map_or(0, |i| i.created);
-    let mut entries = vec![
-        PlanEntry {
-            path: "blobs/".into(),
-            mtime: last_created,
-            body: Body::Directory,
-        },
-        PlanEntry {
-            path: "blobs/sha256/".into(),
-            mtime: 0,
-            body: Body::Directory,
-        },
-    ];
-    entries.extend(blob_entries.into_values());
+    entries.extend(sorted_blobs.into_values());
     entries.push(document(
         "index.json",
         oci_layout::index(&index_descriptors),
@@ -239,5 +297,65 @@ mod tests {
         assert_eq!(doc("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#);
         let index = doc("index.json");
         assert!(index.contains(r#""annotations":{"io.containerd.image.name":"docker.io/library/app:1.4","org.opencontainers.image.ref.name":"1.4"}"#), "{index}");
+    }
+
+    #[test]
+    fn layers_first_puts_layer_blobs_right_after_the_directories() {
+        let (l1, l2) = (Digest::of(b"one"), Digest::of(b"two"));
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+        let image = Image {
+            id: Digest::of(&config),
+            config,
+            created: 1_700_000_000,
+            tags: vec![Reference::parse("app:1").unwrap()],
+            layers: vec![layer(l1), layer(l2)],
+        };
+        let images = [image];
+        // Compressed digests in the opposite of their layer order.
+        let (b1, b2) = if Digest::of(b"c1").hex() > Digest::of(b"c2").hex() {
+            (Digest::of(b"c1"), Digest::of(b"c2"))
+        } else {
+            (Digest::of(b"c2"), Digest::of(b"c1"))
+        };
+        let blobs = vec![
+            BlobInfo {
+                digest: b1,
+                size: 10,
+                media_type: OCI_LAYER_TAR,
+            },
+            BlobInfo {
+                digest: b2,
+                size: 20,
+                media_type: OCI_LAYER_TAR,
+            },
+        ];
+        let blob_of = HashMap::from([(l1, 0), (l2, 1)]);
+        let layout = Layout {
+            images: &images,
+            blob_of: &blob_of,
+        };
+        let plan = layout.complete(blobs.clone());
+        let mut expected: Vec<String> = layout.leading().into_iter().map(|e| e.path).collect();
+        expected.extend(
+            blobs
+                .iter()
+                .enumerate()
+                .map(|(i, b)| layout.blob_entry(i, b).path),
+        );
+        let paths: Vec<String> = plan.entries.iter().map(|e| e.path.clone()).collect();
+        assert_eq!(paths[..4], expected[..]);
+        assert_eq!(paths[2], blob_path(&b1), "layer order, not digest order");
+        // The rest is as `docker save` lays it out, without the layers.
+        let sorted = plan_in_order(&images, blobs, &blob_of, BlobOrder::ByDigest);
+        let rest: Vec<&str> = sorted
+            .entries
+            .iter()
+            .map(|e| e.path.as_str())
+            .filter(|p| *p != blob_path(&b1) && *p != blob_path(&b2))
+            .collect();
+        assert_eq!(
+            rest[2..],
+            paths[4..].iter().map(String::as_str).collect::<Vec<_>>()[..]
+        );
     }
 }

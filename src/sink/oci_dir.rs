@@ -6,7 +6,7 @@
 //! the target and renamed into place when complete.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{bail, Context, Result};
 
 use super::output::{absolute, refuse_inside};
-use super::plan::{Body, Plan};
+use super::plan::{Body, IncrementalPlan, Plan, PlanEntry, ReadyBlobs};
 use super::writer::{BlobProducer, Progress};
 use crate::parallel;
 use crate::reassembly::{Block, BlockSink};
@@ -30,8 +30,9 @@ pub fn from_docker_plan(mut plan: Plan) -> Plan {
     plan
 }
 
-/// Writes `plan` as a directory at `target`, which must not exist or be an empty directory.
-/// `before_commit` runs once everything is written, before the directory takes its name.
+/// Writes `plan` as a directory at `target`, which must not exist or be an empty directory,
+/// producing its blobs `jobs` at a time. `before_commit` runs once everything is written,
+/// before the directory takes its name.
 pub fn write_dir(
     plan: &Plan,
     producer: &dyn BlobProducer,
@@ -41,55 +42,126 @@ pub fn write_dir(
     progress: &Progress,
     before_commit: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
-    let target = absolute(target)?;
-    refuse_inside(&target, forbidden)?;
-    if let Ok(mut entries) = std::fs::read_dir(&target) {
-        if entries.next().is_some() {
-            bail!(
-                "{} exists and is not empty; refusing to mix layouts",
-                target.display()
-            );
-        }
-    } else if target.exists() {
-        bail!("{} exists and is not a directory", target.display());
-    }
-    let name = target
-        .file_name()
-        .with_context(|| format!("{} has no name", target.display()))?
-        .to_string_lossy();
-    let temp = target.with_file_name(format!(".{name}.{}.oci-export-partial", std::process::id()));
-    let scratch = ScratchDir::create(temp)?;
-    let temp = scratch.path();
-
-    for entry in &plan.entries {
-        let path = temp.join(&entry.path);
-        match &entry.body {
-            Body::Directory => std::fs::create_dir_all(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-            Body::Bytes(bytes) => std::fs::write(&path, bytes)
-                .with_context(|| format!("cannot write {}", path.display()))?,
-            Body::Blob(_) => {}
-        }
-    }
-
+    let dir = PartialDir::begin(target, forbidden)?;
+    dir.write_documents(&plan.entries)?;
     let blobs: Vec<(PathBuf, usize)> = plan
         .entries
         .iter()
         .filter_map(|e| match e.body {
-            Body::Blob(i) => Some((temp.join(&e.path), i)),
+            Body::Blob(i) => Some((dir.path_of(e), i)),
             _ => None,
         })
         .collect();
     parallel::map(&blobs, jobs, |(path, blob)| {
         write_blob(path, *blob, producer, progress)
     })?;
-    before_commit()?;
+    dir.commit(before_commit)
+}
 
-    if target.exists() {
-        std::fs::remove_dir(&target)
-            .with_context(|| format!("cannot replace the empty directory {}", target.display()))?;
+/// Writes the OCI layout of `layout` at `target` (as [`write_dir`]), copying each blob in as
+/// soon as it is ready; the documents that need every digest follow.
+pub fn write_dir_incrementally(
+    layout: &dyn IncrementalPlan,
+    blobs: &mut dyn ReadyBlobs,
+    target: &Path,
+    forbidden: &Path,
+    before_commit: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let dir = PartialDir::begin(target, forbidden)?;
+    dir.write_documents(&layout.leading())?;
+    let mut infos = Vec::with_capacity(blobs.count());
+    for index in 0..blobs.count() {
+        let ready = blobs.next()?;
+        let path = dir.path_of(&layout.blob_entry(index, &ready.info));
+        let mut file = create(&path)?;
+        let copied = std::io::copy(&mut (&ready.file).take(ready.info.size), &mut file)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        if copied != ready.info.size {
+            bail!(
+                "{}: the blob file holds {copied} of its {} bytes",
+                ready.info.digest,
+                ready.info.size
+            );
+        }
+        infos.push(ready.info);
     }
-    scratch.persist_as(&target)
+    let plan = from_docker_plan(layout.complete(infos));
+    dir.write_documents(&plan.entries)?;
+    dir.commit(before_commit)
+}
+
+/// The layout directory while it is being written, under a temporary name beside its target.
+struct PartialDir {
+    target: PathBuf,
+    scratch: ScratchDir,
+}
+
+impl PartialDir {
+    fn begin(target: &Path, forbidden: &Path) -> Result<Self> {
+        let target = absolute(target)?;
+        refuse_inside(&target, forbidden)?;
+        if let Ok(mut entries) = std::fs::read_dir(&target) {
+            if entries.next().is_some() {
+                bail!(
+                    "{} exists and is not empty; refusing to mix layouts",
+                    target.display()
+                );
+            }
+        } else if target.exists() {
+            bail!("{} exists and is not a directory", target.display());
+        }
+        let name = target
+            .file_name()
+            .with_context(|| format!("{} has no name", target.display()))?
+            .to_string_lossy();
+        let temp =
+            target.with_file_name(format!(".{name}.{}.oci-export-partial", std::process::id()));
+        let scratch = ScratchDir::create(temp)?;
+        Ok(PartialDir { target, scratch })
+    }
+
+    fn path_of(&self, entry: &PlanEntry) -> PathBuf {
+        self.scratch.path().join(&entry.path)
+    }
+
+    /// Creates the directories and writes the documents among `entries`; blobs are left to
+    /// the caller.
+    fn write_documents(&self, entries: &[PlanEntry]) -> Result<()> {
+        for entry in entries {
+            let path = self.path_of(entry);
+            match &entry.body {
+                Body::Directory => std::fs::create_dir_all(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+                Body::Bytes(bytes) => std::fs::write(&path, bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                Body::Blob(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `before_commit`, then gives the directory its name.
+    fn commit(self, before_commit: impl FnOnce() -> Result<()>) -> Result<()> {
+        before_commit()?;
+        if self.target.exists() {
+            std::fs::remove_dir(&self.target).with_context(|| {
+                format!(
+                    "cannot replace the empty directory {}",
+                    self.target.display()
+                )
+            })?;
+        }
+        self.scratch.persist_as(&self.target)
+    }
+}
+
+fn create(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
 }
 
 fn write_blob(
@@ -98,12 +170,7 @@ fn write_blob(
     producer: &dyn BlobProducer,
     progress: &Progress,
 ) -> Result<()> {
-    let file: File = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let file = create(path)?;
     let mut out = CountingWriter { file, progress };
     producer.produce(blob, &mut out)?;
     Ok(())

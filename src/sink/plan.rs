@@ -54,3 +54,30 @@ impl Plan {
         }
     }
 }
+
+/// A finished layer blob in a file, copied out whole (a compressed layer in the blob cache).
+#[derive(Debug)]
+pub struct ReadyBlob {
+    pub info: BlobInfo,
+    /// Open at the blob's start; its bytes are the ones the digest was computed over.
+    pub file: std::fs::File,
+}
+
+/// Layer blobs that become ready one at a time, in index order; `next` waits for the next one.
+pub trait ReadyBlobs {
+    fn count(&self) -> usize;
+    fn next(&mut self) -> anyhow::Result<ReadyBlob>;
+}
+
+/// An output whose layer blobs are only known one by one (compressed layers): what comes
+/// before them, each blob's entry, and everything else once all are known. Writing it needs no
+/// blob to wait for another, so each can leave as soon as it is made.
+pub trait IncrementalPlan {
+    /// The entries before the first layer blob (directories).
+    fn leading(&self) -> Vec<PlanEntry>;
+    /// The entry of layer blob `index`.
+    fn blob_entry(&self, index: usize, blob: &BlobInfo) -> PlanEntry;
+    /// The whole plan. Its entries begin with [`leading`](Self::leading) followed by every
+    /// layer blob's entry in index order.
+    fn complete(&self, blobs: Vec<BlobInfo>) -> Plan;
+}
