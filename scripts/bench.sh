@@ -75,5 +75,5 @@ python3 "$root/scripts/bench.py" \
 	--data-root "$engine/data" \
 	--scratch "$scratch" \
 	--out "$root/benches" \
-	--compress bench/rootfs:1 --compress bench/manyfiles:1 \
+	--compress bench/rootfs:1 --compress bench/manyfiles:1 --compress bench/layered:1 \
 	bench/rootfs:1 bench/manyfiles:1 bench/bigfiles:1 bench/layered:1
