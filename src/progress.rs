@@ -14,7 +14,8 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn start(progress: &Progress, total: u64) -> Reporter {
+    /// Reports `progress` against `total` bytes, or without a total when it is not known.
+    pub fn start(progress: &Progress, total: Option<u64>) -> Reporter {
         let done = Arc::new(AtomicBool::new(false));
         let bytes = progress.bytes.clone();
         let flag = done.clone();
@@ -24,10 +25,12 @@ impl Reporter {
                 std::thread::sleep(Duration::from_millis(200));
                 let n = bytes.load(Ordering::Relaxed);
                 let secs = start.elapsed().as_secs_f64().max(1e-3);
+                let done = match total {
+                    Some(total) => format!("{} / {}", human(n), human(total)),
+                    None => human(n),
+                };
                 eprint!(
-                    "\r\x1b[Koci-export: {} / {} ({}/s)",
-                    human(n),
-                    human(total),
+                    "\r\x1b[Koci-export: {done} ({}/s)",
                     human((n as f64 / secs) as u64)
                 );
                 let _ = std::io::stderr().flush();

@@ -16,21 +16,19 @@ use crate::cache::{BlobCache, Key, Lookup};
 use crate::compress::{Compressor, Settings};
 use crate::io::EngineFactory;
 use crate::model::Layer;
-use crate::reassembly::{rebuild_layer, Block, BlockSink, WriteBlocks};
+use crate::reassembly::{measure_layer, rebuild_layer, Block, BlockSink, WriteBlocks};
 use crate::sink::plan::{BlobInfo, ReadyBlob, ReadyBlobs};
 use crate::sink::writer::Progress;
 
 /// What compressing an export's layers needs.
 pub struct CompressJob<'a> {
     pub layers: &'a [Layer],
-    /// Uncompressed size of each layer.
-    pub sizes: &'a [u64],
     pub settings: &'a Settings,
     pub cache: &'a BlobCache,
     pub engines: EngineFactory,
     /// Layers compressed at once.
     pub jobs: usize,
-    /// Counts uncompressed bytes as they are compressed (or found in the cache).
+    /// Counts uncompressed bytes as they are compressed.
     pub progress: &'a Progress,
 }
 
@@ -109,9 +107,6 @@ fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<
     };
     match job.cache.get(&key)? {
         Lookup::Hit(hit) => {
-            job.progress
-                .bytes
-                .fetch_add(job.sizes[index], Ordering::Relaxed);
             return Ok(ReadyBlob {
                 info: BlobInfo {
                     digest: hit.entry.digest,
@@ -124,6 +119,8 @@ fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<
         Lookup::Discarded(reason) => eprintln!("oci-export: {reason}; compressing it again"),
         Lookup::Miss => {}
     }
+    // The sizing pass also rejects a tar-split that lists a path twice.
+    let size = measure_layer(layer)?.tar_size;
     let mut pending = job.cache.begin(&key)?;
     let blob = {
         let mut compressor = Compressor::new(settings, &mut pending)?;
@@ -133,7 +130,7 @@ fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<
             stop,
             progress: job.progress,
         };
-        rebuild_layer(layer, job.sizes[index], engine.as_mut(), &mut sink)?;
+        rebuild_layer(layer, size, engine.as_mut(), &mut sink)?;
         compressor.finish()?
     };
     let committed = pending.commit(blob.digest)?;

@@ -138,7 +138,6 @@ pub fn run(req: &ExportRequest) -> Result<()> {
     let stored = set.images.clone();
     let mut regenerated = None;
     set.regenerate_missing(req.regenerate_missing, &mut regenerated, &req.data_root)?;
-    let sizes = measure_all(&set.layers, req.jobs)?;
     let blob_of: HashMap<Digest, usize> = set
         .layers
         .iter()
@@ -151,23 +150,20 @@ pub fn run(req: &ExportRequest) -> Result<()> {
         store: &store,
         set: &set,
         stored: &stored,
-        sizes: &sizes,
         blob_of: &blob_of,
         progress: Progress::default(),
     };
 
-    let reporter = req.show_progress.then(|| {
-        // Compressed sizes are unknown until the end: count the layers' own bytes instead.
-        crate::progress::Reporter::start(&export.progress, sizes.iter().sum())
-    });
-    let result = match &req.compression {
-        None => export.uncompressed(),
-        Some(settings) => export.compressed(settings),
-    };
-    if let Some(r) = reporter {
-        r.finish(result.is_ok());
+    match &req.compression {
+        // Uncompressed output needs every layer's size before its first byte.
+        None => {
+            let sizes = measure_all(&set.layers, req.jobs)?;
+            export.reporting(Some(sizes.iter().sum()), || export.uncompressed(&sizes))
+        }
+        // Compressed layers are measured only when they have to be made: a cache hit needs no
+        // pass over tar-split. Their total is not known up front.
+        Some(settings) => export.reporting(None, || export.compressed(settings)),
     }
-    result
 }
 
 /// One export under way: what was resolved and measured, and where it goes.
@@ -177,21 +173,33 @@ struct Export<'a> {
     store: &'a dyn ImageStore,
     set: &'a ExportSet,
     stored: &'a [Image],
-    sizes: &'a [u64],
     blob_of: &'a HashMap<Digest, usize>,
     progress: Progress,
 }
 
 impl Export<'_> {
+    /// Runs `work` with a progress line on stderr, when asked for, counting layer bytes.
+    fn reporting(&self, total: Option<u64>, work: impl FnOnce() -> Result<()>) -> Result<()> {
+        let reporter = self
+            .req
+            .show_progress
+            .then(|| crate::progress::Reporter::start(&self.progress, total));
+        let result = work();
+        if let Some(r) = reporter {
+            r.finish(result.is_ok());
+        }
+        result
+    }
+
     /// Uncompressed layers stream straight from reassembly: each one's digest is its diff_id
     /// and its size was measured, so the whole output is planned before the first byte.
-    fn uncompressed(&self) -> Result<()> {
+    fn uncompressed(&self, sizes: &[u64]) -> Result<()> {
         let rebuilder = Rebuilder {
             layers: &self.set.layers,
-            sizes: self.sizes,
+            sizes,
             engines: self.engines,
         };
-        let blobs = uncompressed_blobs(&self.set.layers, self.sizes);
+        let blobs = uncompressed_blobs(&self.set.layers, sizes);
         let plan = docker_archive::plan(&self.set.images, blobs, self.blob_of);
         match self.req.format {
             Format::Archive => {
@@ -236,7 +244,6 @@ impl Export<'_> {
         };
         let job = CompressJob {
             layers: &self.set.layers,
-            sizes: self.sizes,
             settings,
             cache: &cache,
             engines: self.engines,
