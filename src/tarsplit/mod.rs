@@ -11,6 +11,7 @@
 
 pub mod crc64;
 mod entry;
+mod line;
 mod reader;
 
 pub use entry::{Entry, FileEntry};

@@ -1,19 +1,14 @@
 //! Streaming parser: gzip → JSON lines → validated [`Entry`] values.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use flate2::read::GzDecoder;
-use serde::Deserialize;
 
 use super::entry::{Entry, FileEntry};
-
-/// tar-split's entry type numbers (`tar/storage/entry.go`).
-const FILE_TYPE: i64 = 1;
-const SEGMENT_TYPE: i64 = 2;
+use super::line::{self, all_base64_symbols, RawEntry, FILE_TYPE, SEGMENT_TYPE};
 
 /// No single member can be larger than this (16 TiB, ext4's and XFS's practical file limit).
 /// Anything above is corruption or a forgery, refused before any I/O is attempted.
@@ -38,23 +33,6 @@ pub enum TarSplitError {
     Truncated,
 }
 
-/// The JSON shape of one line. Unknown fields are ignored, as Go's decoder does. Strings are
-/// borrowed from the line unless they contain escapes: tar-split lines are parsed by the
-/// hundred thousand, and an allocation per field shows in profiles.
-#[derive(Deserialize)]
-struct RawEntry<'a> {
-    #[serde(rename = "type")]
-    kind: i64,
-    #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    name_raw: Option<Cow<'a, str>>,
-    #[serde(default)]
-    size: Option<i64>,
-    #[serde(default, borrow)]
-    payload: Option<Cow<'a, str>>,
-}
-
 /// Reads a tar-split stream entry by entry.
 ///
 /// Besides the JSON shape, it enforces what tar-split's own unpacker enforces (no duplicate
@@ -67,6 +45,8 @@ pub struct TarSplitReader<R: Read> {
     seen: Option<HashSet<Vec<u8>>>,
     saw_segment_last: bool,
     done: bool,
+    /// Whether lines of the common shapes skip serde_json ([`line::parse_common_shape`]).
+    fast_path: bool,
 }
 
 impl<R: Read> TarSplitReader<TarSplitReaderInput<R>> {
@@ -105,7 +85,15 @@ impl<R: Read> TarSplitReader<R> {
             seen: Some(HashSet::new()),
             saw_segment_last: false,
             done: false,
+            fast_path: true,
         }
+    }
+
+    /// Parses every line with serde_json alone. The fast path must never change a result; this
+    /// is how the fuzz checks compare the two.
+    pub fn without_fast_path(mut self) -> Self {
+        self.fast_path = false;
+        self
     }
 
     /// Skips the duplicate-path check. For a second pass over a stream whose first pass already
@@ -134,12 +122,14 @@ impl<R: Read> TarSplitReader<R> {
         self.next_with(|raw, line, seen| {
             if raw.kind == SEGMENT_TYPE {
                 let len = match raw.payload.as_deref() {
-                    None => 0,
-                    Some(p) => base64_decoded_len(p).ok_or_else(|| TarSplitError::Malformed {
-                        line,
-                        reason: "payload is not base64 (padded standard base64 expected)".into(),
-                    })?,
+                    None => Some(0),
+                    Some(p) if raw.payload_shape_checked => shaped_base64_decoded_len(p),
+                    Some(p) => base64_decoded_len(p),
                 };
+                let len = len.ok_or_else(|| TarSplitError::Malformed {
+                    line,
+                    reason: "payload is not base64 (padded standard base64 expected)".into(),
+                })?;
                 return Ok((EntrySize::Segment(len as u64), true));
             }
             match validate(raw, line, seen)? {
@@ -184,7 +174,7 @@ impl<R: Read> TarSplitReader<R> {
             if text.is_empty() {
                 continue;
             }
-            let raw: RawEntry = match serde_json::from_slice(text) {
+            let raw = match line::parse(text, self.fast_path) {
                 Ok(raw) => raw,
                 Err(e) => return Err(self.malformed(format!("invalid JSON: {e}"))),
             };
@@ -235,10 +225,15 @@ fn base64_decoded_len(text: &str) -> Option<usize> {
     if pad > 2 {
         return None;
     }
-    let body_ok = b[..b.len() - pad]
-        .iter()
-        .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/');
-    body_ok.then(|| b.len() / 4 * 3 - pad)
+    all_base64_symbols(&b[..b.len() - pad]).then(|| b.len() / 4 * 3 - pad)
+}
+
+/// [`base64_decoded_len`] for a payload already known to be base64 symbols followed by at most
+/// two `=` (what the fast path checks): only the length is left to check.
+fn shaped_base64_decoded_len(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    (b.len() % 4 == 0).then(|| b.len() / 4 * 3 - pad)
 }
 
 /// Checks one parsed line and turns it into an [`Entry`].
