@@ -127,6 +127,19 @@ pub fn tarsplit(data: &[u8]) {
         plain_end, gz_end,
         "plain and gzipped parses end differently"
     );
+    check_inflate_ahead(data);
+}
+
+/// Inflating on a thread must change nothing, damaged streams included (`data` is tried as the
+/// gzip stream itself): the same sizes, in the same order, and the same error.
+pub fn check_inflate_ahead(data: &[u8]) {
+    assert_eq!(
+        all_sizes(TarSplitReader::gzipped_ahead(std::io::Cursor::new(
+            data.to_vec()
+        ))),
+        all_sizes(TarSplitReader::gzipped(data)),
+        "inflating ahead changed the sizing pass"
+    );
 }
 
 /// Parses `data` as an image reference; whatever parses must print back consistently.

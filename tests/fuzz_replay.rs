@@ -191,6 +191,12 @@ fn tarsplit_mutations() {
         // cost, so it runs on one input in eight.
         let check: fn(&[u8]) = if i % 8 == 0 {
             checks::tarsplit
+        } else if from_gzip {
+            // A damaged gzip stream, through both ways of inflating it.
+            |d| {
+                checks::check_inflate_ahead(d);
+                drop(checks::tarsplit_parse(d))
+            }
         } else {
             |d| drop(checks::tarsplit_parse(d))
         };

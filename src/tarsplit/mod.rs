@@ -11,6 +11,7 @@
 
 pub mod crc64;
 mod entry;
+mod inflate_ahead;
 mod line;
 mod reader;
 

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use flate2::read::GzDecoder;
 
 use super::entry::{Entry, FileEntry};
+use super::inflate_ahead::{self, InflateAhead};
 use super::line::{self, all_base64_symbols, RawEntry, FILE_TYPE, SEGMENT_TYPE};
 
 /// No single member can be larger than this (16 TiB, ext4's and XFS's practical file limit).
@@ -55,6 +56,18 @@ impl<R: Read> TarSplitReader<TarSplitReaderInput<R>> {
         Self::new(TarSplitReaderInput::Gzip(Box::new(GzDecoder::new(input))))
     }
 
+    /// Reads a gzip-compressed tar-split, inflated on a thread of its own
+    /// ([`InflateAhead`]): the same entries and errors as [`Self::gzipped`], sooner when
+    /// another core is idle.
+    pub fn gzipped_ahead(input: R) -> Self
+    where
+        R: Send + 'static,
+    {
+        Self::new(TarSplitReaderInput::InflateAhead(InflateAhead::start(
+            input,
+        )))
+    }
+
     /// Reads an uncompressed tar-split JSON stream.
     pub fn plain(input: R) -> Self {
         Self::new(TarSplitReaderInput::Plain(input))
@@ -64,6 +77,7 @@ impl<R: Read> TarSplitReader<TarSplitReaderInput<R>> {
 /// The input of a [`TarSplitReader`]: a gzip or an already decompressed stream.
 pub enum TarSplitReaderInput<R: Read> {
     Gzip(Box<GzDecoder<R>>),
+    InflateAhead(InflateAhead),
     Plain(R),
 }
 
@@ -71,6 +85,7 @@ impl<R: Read> Read for TarSplitReaderInput<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             TarSplitReaderInput::Gzip(g) => g.read(buf),
+            TarSplitReaderInput::InflateAhead(a) => a.read(buf),
             TarSplitReaderInput::Plain(p) => p.read(buf),
         }
     }
@@ -79,7 +94,8 @@ impl<R: Read> Read for TarSplitReaderInput<R> {
 impl<R: Read> TarSplitReader<R> {
     fn new(input: R) -> Self {
         TarSplitReader {
-            input: BufReader::with_capacity(256 << 10, input),
+            // One inflated chunk per refill (see `inflate_ahead`).
+            input: BufReader::with_capacity(inflate_ahead::CHUNK, input),
             line: Vec::with_capacity(4096),
             line_no: 0,
             seen: Some(HashSet::new()),
