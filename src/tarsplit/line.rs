@@ -66,6 +66,22 @@ pub fn parse(text: &[u8], fast_path: bool) -> Result<RawEntry<'_>, serde_json::E
 /// `None` for anything else, including shapes serde_json accepts (they take the general path).
 pub fn parse_common_shape(text: &[u8]) -> Option<RawEntry<'_>> {
     let mut c = Cursor(text);
+    let raw = common_shape(&mut c)?;
+    c.0.is_empty().then_some(raw)
+}
+
+/// [`parse_common_shape`] on a line at the start of `buf`, ended by `\n`; also returns the
+/// line's length with its `\n`. None of the shape's characters is a `\n`, so that is the line
+/// reading up to the first `\n` would have given.
+pub fn parse_common_line(buf: &[u8]) -> Option<(RawEntry<'_>, usize)> {
+    let mut c = Cursor(buf);
+    let raw = common_shape(&mut c)?;
+    c.eat(b"\n")?;
+    Some((raw, buf.len() - c.0.len()))
+}
+
+/// The shape parse itself, leaving the cursor after the closing brace.
+fn common_shape<'a>(c: &mut Cursor<'a>) -> Option<RawEntry<'a>> {
     c.eat(b"{\"type\":")?;
     let kind = match c.byte()? {
         b'1' => FILE_TYPE,
@@ -97,7 +113,7 @@ pub fn parse_common_shape(text: &[u8]) -> Option<RawEntry<'_>> {
     c.eat(b",\"position\":")?;
     c.integer()?;
     c.eat(b"}")?;
-    c.0.is_empty().then_some(raw)
+    Some(raw)
 }
 
 /// The rest of a line, consumed from the front.
@@ -234,6 +250,23 @@ mod tests {
             "QUJD".repeat(300)
         );
         assert_eq!(fast(&long), serde(&long));
+    }
+
+    #[test]
+    fn finds_line_ends() {
+        let line = r#"{"type":2,"payload":"aGk=","position":0}"#;
+        let buf = format!("{line}\n{line}\n");
+        let (raw, len) = parse_common_line(buf.as_bytes()).unwrap();
+        assert_eq!(len, line.len() + 1);
+        assert_eq!(Some(raw), parse_common_shape(line.as_bytes()));
+        // Not ended by a newline (yet): the general path reads it.
+        for cut in [
+            line.to_string(),
+            format!("{line}\r\n"),
+            format!("{line} \n"),
+        ] {
+            assert!(parse_common_line(cut.as_bytes()).is_none(), "{cut:?}");
+        }
     }
 
     #[test]

@@ -169,6 +169,21 @@ impl<R: Read> TarSplitReader<R> {
             if self.done {
                 return Ok(None);
             }
+            if self.fast_path {
+                // A whole line of a common shape in the buffer is parsed where it lies: no copy,
+                // and no separate search for its end (the shape parse finds it).
+                let buf = self.input.fill_buf()?;
+                if let Some((raw, len)) = line::parse_common_line(buf) {
+                    if len <= MAX_LINE_LEN {
+                        self.line_no += 1;
+                        let decoded = decode(raw, self.line_no, self.seen.as_mut());
+                        self.input.consume(len);
+                        let (value, is_segment) = decoded?;
+                        self.saw_segment_last = is_segment;
+                        return Ok(Some(value));
+                    }
+                }
+            }
             self.line.clear();
             let n = (&mut self.input)
                 .take(MAX_LINE_LEN as u64 + 1)
