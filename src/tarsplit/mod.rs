@@ -13,6 +13,7 @@ pub mod crc64;
 mod entry;
 mod inflate_ahead;
 mod line;
+mod path_set;
 mod reader;
 
 pub use entry::{Entry, FileEntry};

@@ -1,6 +1,6 @@
 //! Streaming parser: gzip → JSON lines → validated [`Entry`] values.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
 use std::io::{self, BufRead, BufReader, Read};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -10,6 +10,7 @@ use flate2::read::GzDecoder;
 use super::entry::{Entry, FileEntry};
 use super::inflate_ahead::{self, InflateAhead};
 use super::line::{self, all_base64_symbols, RawEntry, FILE_TYPE, SEGMENT_TYPE};
+use super::path_set::PathSet;
 
 /// No single member can be larger than this (16 TiB, ext4's and XFS's practical file limit).
 /// Anything above is corruption or a forgery, refused before any I/O is attempted.
@@ -43,7 +44,7 @@ pub struct TarSplitReader<R: Read> {
     line: Vec<u8>,
     line_no: u64,
     /// Cleaned paths seen so far, when duplicates are checked.
-    seen: Option<HashSet<Vec<u8>>>,
+    seen: Option<PathSet>,
     saw_segment_last: bool,
     done: bool,
     /// Whether lines of the common shapes skip serde_json ([`line::parse_common_shape`]).
@@ -98,7 +99,7 @@ impl<R: Read> TarSplitReader<R> {
             input: BufReader::with_capacity(inflate_ahead::CHUNK, input),
             line: Vec::with_capacity(4096),
             line_no: 0,
-            seen: Some(HashSet::new()),
+            seen: Some(PathSet::default()),
             saw_segment_last: false,
             done: false,
             fast_path: true,
@@ -122,7 +123,7 @@ impl<R: Read> TarSplitReader<R> {
     /// The next entry, `Ok(None)` at a clean end of stream.
     pub fn next_entry(&mut self) -> Result<Option<Entry>, TarSplitError> {
         self.next_with(|raw, line, seen| {
-            let entry = validate(raw, line, seen)?;
+            let entry = validate(raw, line, seen)?.into_entry();
             let is_segment = matches!(entry, Entry::Segment(_));
             Ok((entry, is_segment))
         })
@@ -149,8 +150,8 @@ impl<R: Read> TarSplitReader<R> {
                 return Ok((EntrySize::Segment(len as u64), true));
             }
             match validate(raw, line, seen)? {
-                Entry::File(f) => Ok((EntrySize::File(f.size), false)),
-                Entry::Segment(_) => unreachable!("segments are handled above"),
+                Checked::File { size, .. } => Ok((EntrySize::File(size), false)),
+                Checked::Segment(_) => unreachable!("segments are handled above"),
             }
         })
     }
@@ -159,11 +160,7 @@ impl<R: Read> TarSplitReader<R> {
     /// duplicate-path set; `decode` also says whether the entry was a segment.
     fn next_with<T>(
         &mut self,
-        mut decode: impl FnMut(
-            RawEntry,
-            u64,
-            Option<&mut HashSet<Vec<u8>>>,
-        ) -> Result<(T, bool), TarSplitError>,
+        mut decode: impl FnMut(RawEntry, u64, Option<&mut PathSet>) -> Result<(T, bool), TarSplitError>,
     ) -> Result<Option<T>, TarSplitError> {
         loop {
             if self.done {
@@ -268,11 +265,35 @@ fn shaped_base64_decoded_len(text: &str) -> Option<usize> {
 }
 
 /// Checks one parsed line and turns it into an [`Entry`].
-fn validate(
-    raw: RawEntry,
+/// A validated line. A file's name is still borrowed from the line when it can be: the sizing
+/// pass needs only its size, and an allocation per file showed in that pass's profile.
+enum Checked<'a> {
+    Segment(Vec<u8>),
+    File {
+        name: Cow<'a, [u8]>,
+        size: u64,
+        crc64: Option<u64>,
+    },
+}
+
+impl Checked<'_> {
+    fn into_entry(self) -> Entry {
+        match self {
+            Checked::Segment(bytes) => Entry::Segment(bytes),
+            Checked::File { name, size, crc64 } => Entry::File(FileEntry {
+                name: name.into_owned(),
+                size,
+                crc64,
+            }),
+        }
+    }
+}
+
+fn validate<'a>(
+    raw: RawEntry<'a>,
     line: u64,
-    seen: Option<&mut HashSet<Vec<u8>>>,
-) -> Result<Entry, TarSplitError> {
+    seen: Option<&mut PathSet>,
+) -> Result<Checked<'a>, TarSplitError> {
     let malformed = |reason: String| TarSplitError::Malformed { line, reason };
     let payload = match &raw.payload {
         Some(p) => Some(
@@ -283,13 +304,16 @@ fn validate(
         None => None,
     };
     match raw.kind {
-        SEGMENT_TYPE => Ok(Entry::Segment(payload.unwrap_or_default())),
+        SEGMENT_TYPE => Ok(Checked::Segment(payload.unwrap_or_default())),
         FILE_TYPE => {
-            let name = match (raw.name_raw, raw.name) {
-                (Some(b64), _) => BASE64
-                    .decode(b64.as_bytes())
-                    .map_err(|e| malformed(format!("name_raw is not base64: {e}")))?,
-                (None, Some(name)) => name.into_owned().into_bytes(),
+            let name: Cow<[u8]> = match (raw.name_raw, raw.name) {
+                (Some(b64), _) => Cow::Owned(
+                    BASE64
+                        .decode(b64.as_bytes())
+                        .map_err(|e| malformed(format!("name_raw is not base64: {e}")))?,
+                ),
+                (None, Some(Cow::Borrowed(name))) => Cow::Borrowed(name.as_bytes()),
+                (None, Some(Cow::Owned(name))) => Cow::Owned(name.into_bytes()),
                 (None, None) => return Err(malformed("file entry without a name".into())),
             };
             if name.is_empty() || name.contains(&0) {
@@ -318,14 +342,14 @@ fn validate(
                 }
             };
             if let Some(seen) = seen {
-                if !seen.insert(clean_path(&name)) {
+                if !seen.insert(&clean_key(&name)) {
                     return Err(TarSplitError::DuplicatePath {
                         line,
                         name: String::from_utf8_lossy(&name).into_owned(),
                     });
                 }
             }
-            Ok(Entry::File(FileEntry { name, size, crc64 }))
+            Ok(Checked::File { name, size, crc64 })
         }
         other => Err(malformed(format!("unknown entry type {other}"))),
     }
@@ -351,6 +375,31 @@ fn trim_ascii(mut s: &[u8]) -> &[u8] {
 
 /// Go's `filepath.Clean` on raw bytes: the key tar-split uses to spot duplicate paths.
 pub fn clean_path(path: &[u8]) -> Vec<u8> {
+    clean_key(path).into_owned()
+}
+
+/// [`clean_path`], borrowed from `path` when that needs no copy: most names are clean but for
+/// a directory's trailing slash, and this runs once per file in the sizing pass.
+fn clean_key(path: &[u8]) -> Cow<'_, [u8]> {
+    match clean_prefix(path) {
+        Some(clean) => Cow::Borrowed(clean),
+        None => Cow::Owned(clean_path_in_full(path)),
+    }
+}
+
+/// `path` without its trailing slashes, when that is already what `filepath.Clean` gives: no
+/// empty, `.` or `..` component (a leading `/` aside). `None` when cleaning takes more.
+fn clean_prefix(path: &[u8]) -> Option<&[u8]> {
+    let end = path.iter().rposition(|&c| c != b'/')? + 1;
+    let trimmed = &path[..end];
+    let relative = trimmed.strip_prefix(b"/").unwrap_or(trimmed);
+    relative
+        .split(|&c| c == b'/')
+        .all(|part| !matches!(part, b"" | b"." | b".."))
+        .then_some(trimmed)
+}
+
+fn clean_path_in_full(path: &[u8]) -> Vec<u8> {
     let rooted = path.first() == Some(&b'/');
     let mut parts: Vec<&[u8]> = Vec::new();
     for part in path.split(|&c| c == b'/') {
@@ -542,5 +591,42 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn clean_prefix_is_a_shortcut_only() {
+        let parts: [&[u8]; 7] = [b"a", b"bc", b".", b"..", b"", b".a", b"a."];
+        // Every path of up to three parts, rooted or not, with and without trailing slashes.
+        let mut paths: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..3 {
+            let mut longer = Vec::new();
+            for p in &paths {
+                for part in parts {
+                    let mut q = p.clone();
+                    if !q.is_empty() {
+                        q.push(b'/');
+                    }
+                    q.extend_from_slice(part);
+                    longer.push(q);
+                }
+            }
+            paths.extend(longer);
+        }
+        let mut shortcuts = 0;
+        for path in &paths {
+            for variant in [
+                path.clone(),
+                [b"/", &path[..]].concat(),
+                [&path[..], b"//"].concat(),
+            ] {
+                let full = clean_path_in_full(&variant);
+                if let Some(prefix) = clean_prefix(&variant) {
+                    shortcuts += 1;
+                    assert_eq!(prefix, &full[..], "{:?}", String::from_utf8_lossy(&variant));
+                }
+                assert_eq!(clean_path(&variant), full);
+            }
+        }
+        assert!(shortcuts > 100);
     }
 }
