@@ -55,21 +55,45 @@ pub fn tarsplit_parse(data: &[u8]) -> (Vec<Entry>, Result<(), String>) {
     let (plain_entries, plain_end) = parse_all(TarSplitReader::plain(data));
     check_entries(&plain_entries, &plain_end);
     check_sizes(data, &plain_entries, &plain_end);
+    check_fast_path(data, &plain_entries, &plain_end);
     (plain_entries, plain_end)
+}
+
+/// The fast path for common line shapes must not change anything: the same entries, the same
+/// sizes and the same errors, word for word, as serde_json alone.
+fn check_fast_path(data: &[u8], entries: &[Entry], end: &Result<(), String>) {
+    let (json_entries, json_end) = parse_all(TarSplitReader::plain(data).without_fast_path());
+    assert_eq!(
+        entries,
+        &json_entries[..],
+        "the fast path changed the entries"
+    );
+    assert_eq!(end, &json_end, "the fast path changed how the stream ends");
+    assert_eq!(
+        all_sizes(TarSplitReader::plain(data)),
+        all_sizes(TarSplitReader::plain(data).without_fast_path()),
+        "the fast path changed the sizing pass"
+    );
+}
+
+/// Every size the sizing pass yields, and how it ended.
+fn all_sizes<R: std::io::Read>(
+    mut reader: TarSplitReader<R>,
+) -> (Vec<EntrySize>, Result<(), String>) {
+    let mut sizes = Vec::new();
+    loop {
+        match reader.next_size() {
+            Ok(Some(s)) => sizes.push(s),
+            Ok(None) => return (sizes, Ok(())),
+            Err(e) => return (sizes, Err(e.to_string())),
+        }
+    }
 }
 
 /// The sizing pass must accept whatever the full parse accepts, with the same sizes (it may
 /// accept more: it checks base64 segments without decoding them, and the rebuild decodes).
 fn check_sizes(data: &[u8], entries: &[Entry], end: &Result<(), String>) {
-    let mut reader = TarSplitReader::plain(data);
-    let mut sizes = Vec::new();
-    let sized = loop {
-        match reader.next_size() {
-            Ok(Some(s)) => sizes.push(s),
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e.to_string()),
-        }
-    };
+    let (sizes, sized) = all_sizes(TarSplitReader::plain(data));
     if end.is_ok() {
         assert!(
             sized.is_ok(),
@@ -102,6 +126,19 @@ pub fn tarsplit(data: &[u8]) {
     assert_eq!(
         plain_end, gz_end,
         "plain and gzipped parses end differently"
+    );
+    check_inflate_ahead(data);
+}
+
+/// Inflating on a thread must change nothing, damaged streams included (`data` is tried as the
+/// gzip stream itself): the same sizes, in the same order, and the same error.
+pub fn check_inflate_ahead(data: &[u8]) {
+    assert_eq!(
+        all_sizes(TarSplitReader::gzipped_ahead(std::io::Cursor::new(
+            data.to_vec()
+        ))),
+        all_sizes(TarSplitReader::gzipped(data)),
+        "inflating ahead changed the sizing pass"
     );
 }
 

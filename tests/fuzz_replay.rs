@@ -171,6 +171,15 @@ fn tarsplit_mutations() {
         b"\"type\":3,",
         b"\r\n",
         b"\n\n",
+        // The shapes the fast path recognises, and near misses.
+        b"{\"type\":2,\"payload\":\"aGk=\",\"position\":7}\n",
+        b"{\"type\":1,\"name\":\"a/b\",\"size\":4,\"payload\":\"YVqy3bAAAAA=\",\"position\":1}\n",
+        b"{\"type\":1,\"name\":\"d/\",\"payload\":null,\"position\":2}\n",
+        b",\"position\":0",
+        b",\"position\":01",
+        b"\"payload\":\"a=b=\",",
+        b"\"size\":0,",
+        b"\"size\":999999999999999999,",
     ];
     let mut rng = Rng(0x0c1e_4e59_0127_2f6d);
     for i in 0..MUTATIONS {
@@ -182,6 +191,12 @@ fn tarsplit_mutations() {
         // cost, so it runs on one input in eight.
         let check: fn(&[u8]) = if i % 8 == 0 {
             checks::tarsplit
+        } else if from_gzip {
+            // A damaged gzip stream, through both ways of inflating it.
+            |d| {
+                checks::check_inflate_ahead(d);
+                drop(checks::tarsplit_parse(d))
+            }
         } else {
             |d| drop(checks::tarsplit_parse(d))
         };

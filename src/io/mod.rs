@@ -12,6 +12,7 @@
 //! Both open files with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` (see [`safe_open`]),
 //! so no name, `..` or symlink can lead outside the layer directory.
 
+mod buffer_pool;
 pub mod safe_open;
 pub mod sync;
 pub mod uring;

@@ -24,6 +24,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use anyhow::{anyhow, bail, Result};
 use io_uring::{opcode, types, IoUring};
 
+use super::buffer_pool::BufferPool;
 use super::safe_open::{
     check_regular_of_size, member_c_name, member_open_how, openat2, retry_without_noatime,
 };
@@ -42,8 +43,6 @@ const CHUNK: usize = 1 << 20;
 /// Reads in flight or waiting per file: a few at a time keep a large file's reads sequential
 /// enough for the kernel's readahead on a cold cache, and its buffers warm in the CPU cache.
 const PER_FILE_READS: usize = 4;
-/// Full-size buffers kept for reuse (the byte budget needs no more).
-const SPARE_BUFFERS: usize = MAX_BYTES_AHEAD / CHUNK;
 /// Reads the head-of-queue file may keep in flight even when the byte budget is spent.
 const HEAD_READS: usize = 4;
 
@@ -75,8 +74,8 @@ pub struct UringEngine {
     /// `how` without O_NOATIME, for once the kernel has refused it
     /// ([`super::safe_open::retry_without_noatime`]).
     how_without_noatime: Box<types::OpenHow>,
-    /// Reusable CHUNK-sized buffers.
-    spare: Vec<Vec<u8>>,
+    /// Read buffers for reuse, up to CHUNK bytes (the byte budget needs no more than it holds).
+    buffers: BufferPool,
 }
 
 impl UringEngine {
@@ -93,7 +92,7 @@ impl UringEngine {
             ring,
             how,
             how_without_noatime,
-            spare: Vec::new(),
+            buffers: BufferPool::new(CHUNK, MAX_BYTES_AHEAD),
         })
     }
 }
@@ -120,6 +119,7 @@ struct FileState {
 }
 
 struct Chunk {
+    /// From the engine's pool: at least `len` bytes, of which the first `len` are this chunk's.
     buf: Vec<u8>,
     /// Offset of this chunk in the file.
     offset: u64,
@@ -329,13 +329,9 @@ impl Replay<'_> {
                 if over_budget && !(head && state.chunks.len() < HEAD_READS) {
                     break;
                 }
-                // Full chunks reuse buffers; a small file gets one of its own size, so that many
-                // small files ahead do not each pin a full-size buffer.
-                let buf = if len == CHUNK {
-                    self.engine.spare.pop().unwrap_or_else(|| vec![0; CHUNK])
-                } else {
-                    vec![0; len]
-                };
+                // A buffer of about the file's size (its size class), so that many small files
+                // ahead do not each pin a full-size buffer.
+                let buf = self.engine.buffers.take(len);
                 state.chunks.push_back(Chunk {
                     buf,
                     offset: state.next_read,
@@ -469,9 +465,7 @@ impl Replay<'_> {
                         sink.file_data(&chunk.buf[..chunk.len])?;
                         state.delivered += chunk.len as u64;
                         self.bytes_ahead -= chunk.len;
-                        if chunk.buf.len() == CHUNK && self.engine.spare.len() < SPARE_BUFFERS {
-                            self.engine.spare.push(chunk.buf);
-                        }
+                        self.engine.buffers.give(chunk.buf);
                     }
                     if state.delivered < state.entry.size {
                         return Ok(());

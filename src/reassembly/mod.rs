@@ -38,13 +38,9 @@ pub struct LayerMeasure {
     pub files: u64,
 }
 
-fn open_tar_split(
-    tar_split: &Path,
-    layer: &Layer,
-) -> Result<TarSplitReader<crate::tarsplit::TarSplitInput<File>>> {
-    let file = File::open(tar_split)
-        .with_context(|| format!("{}: cannot open {}", layer.origin, tar_split.display()))?;
-    Ok(TarSplitReader::gzipped(file))
+fn open_tar_split(tar_split: &Path, layer: &Layer) -> Result<File> {
+    File::open(tar_split)
+        .with_context(|| format!("{}: cannot open {}", layer.origin, tar_split.display()))
 }
 
 /// Pass 1: the layer tar's size and file count, from tar-split alone.
@@ -63,7 +59,9 @@ pub fn measure_layer(layer: &Layer) -> Result<LayerMeasure> {
         tar_size: 0,
         files: 0,
     };
-    let mut reader = open_tar_split(tar_split, layer)?;
+    // Nothing can be written before this pass ends: inflating on a second core makes it
+    // shorter (the rebuild, which has every core busy, inflates in place).
+    let mut reader = TarSplitReader::gzipped_ahead(open_tar_split(tar_split, layer)?);
     while let Some(size) = reader
         .next_size()
         .with_context(|| format!("{}: tar-split is invalid", layer.origin))?
@@ -95,8 +93,8 @@ pub fn rebuild_layer(
         } => {
             let dir = LayerDir::open(file_root).with_context(|| layer.origin.clone())?;
             // The first pass already checked for duplicate paths.
-            let mut entries =
-                ParseAhead::start(open_tar_split(tar_split, layer)?.without_duplicate_check());
+            let reader = TarSplitReader::gzipped(open_tar_split(tar_split, layer)?);
+            let mut entries = ParseAhead::start(reader.without_duplicate_check());
             engine
                 .replay(&dir, &mut entries, &mut sink)
                 .with_context(|| layer.origin.clone())?;

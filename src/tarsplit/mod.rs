@@ -11,6 +11,9 @@
 
 pub mod crc64;
 mod entry;
+mod inflate_ahead;
+mod line;
+mod path_set;
 mod reader;
 
 pub use entry::{Entry, FileEntry};

@@ -1,19 +1,16 @@
 //! Streaming parser: gzip → JSON lines → validated [`Entry`] values.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use flate2::read::GzDecoder;
-use serde::Deserialize;
 
 use super::entry::{Entry, FileEntry};
-
-/// tar-split's entry type numbers (`tar/storage/entry.go`).
-const FILE_TYPE: i64 = 1;
-const SEGMENT_TYPE: i64 = 2;
+use super::inflate_ahead::{self, InflateAhead};
+use super::line::{self, all_base64_symbols, RawEntry, FILE_TYPE, SEGMENT_TYPE};
+use super::path_set::PathSet;
 
 /// No single member can be larger than this (16 TiB, ext4's and XFS's practical file limit).
 /// Anything above is corruption or a forgery, refused before any I/O is attempted.
@@ -38,23 +35,6 @@ pub enum TarSplitError {
     Truncated,
 }
 
-/// The JSON shape of one line. Unknown fields are ignored, as Go's decoder does. Strings are
-/// borrowed from the line unless they contain escapes: tar-split lines are parsed by the
-/// hundred thousand, and an allocation per field shows in profiles.
-#[derive(Deserialize)]
-struct RawEntry<'a> {
-    #[serde(rename = "type")]
-    kind: i64,
-    #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    name_raw: Option<Cow<'a, str>>,
-    #[serde(default)]
-    size: Option<i64>,
-    #[serde(default, borrow)]
-    payload: Option<Cow<'a, str>>,
-}
-
 /// Reads a tar-split stream entry by entry.
 ///
 /// Besides the JSON shape, it enforces what tar-split's own unpacker enforces (no duplicate
@@ -64,15 +44,29 @@ pub struct TarSplitReader<R: Read> {
     line: Vec<u8>,
     line_no: u64,
     /// Cleaned paths seen so far, when duplicates are checked.
-    seen: Option<HashSet<Vec<u8>>>,
+    seen: Option<PathSet>,
     saw_segment_last: bool,
     done: bool,
+    /// Whether lines of the common shapes skip serde_json ([`line::parse_common_shape`]).
+    fast_path: bool,
 }
 
 impl<R: Read> TarSplitReader<TarSplitReaderInput<R>> {
     /// Reads a gzip-compressed tar-split (`tar-split.json.gz`).
     pub fn gzipped(input: R) -> Self {
         Self::new(TarSplitReaderInput::Gzip(Box::new(GzDecoder::new(input))))
+    }
+
+    /// Reads a gzip-compressed tar-split, inflated on a thread of its own
+    /// ([`InflateAhead`]): the same entries and errors as [`Self::gzipped`], sooner when
+    /// another core is idle.
+    pub fn gzipped_ahead(input: R) -> Self
+    where
+        R: Send + 'static,
+    {
+        Self::new(TarSplitReaderInput::InflateAhead(InflateAhead::start(
+            input,
+        )))
     }
 
     /// Reads an uncompressed tar-split JSON stream.
@@ -84,6 +78,7 @@ impl<R: Read> TarSplitReader<TarSplitReaderInput<R>> {
 /// The input of a [`TarSplitReader`]: a gzip or an already decompressed stream.
 pub enum TarSplitReaderInput<R: Read> {
     Gzip(Box<GzDecoder<R>>),
+    InflateAhead(InflateAhead),
     Plain(R),
 }
 
@@ -91,6 +86,7 @@ impl<R: Read> Read for TarSplitReaderInput<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             TarSplitReaderInput::Gzip(g) => g.read(buf),
+            TarSplitReaderInput::InflateAhead(a) => a.read(buf),
             TarSplitReaderInput::Plain(p) => p.read(buf),
         }
     }
@@ -99,13 +95,22 @@ impl<R: Read> Read for TarSplitReaderInput<R> {
 impl<R: Read> TarSplitReader<R> {
     fn new(input: R) -> Self {
         TarSplitReader {
-            input: BufReader::with_capacity(256 << 10, input),
+            // One inflated chunk per refill (see `inflate_ahead`).
+            input: BufReader::with_capacity(inflate_ahead::CHUNK, input),
             line: Vec::with_capacity(4096),
             line_no: 0,
-            seen: Some(HashSet::new()),
+            seen: Some(PathSet::default()),
             saw_segment_last: false,
             done: false,
+            fast_path: true,
         }
+    }
+
+    /// Parses every line with serde_json alone. The fast path must never change a result; this
+    /// is how the fuzz checks compare the two.
+    pub fn without_fast_path(mut self) -> Self {
+        self.fast_path = false;
+        self
     }
 
     /// Skips the duplicate-path check. For a second pass over a stream whose first pass already
@@ -118,7 +123,7 @@ impl<R: Read> TarSplitReader<R> {
     /// The next entry, `Ok(None)` at a clean end of stream.
     pub fn next_entry(&mut self) -> Result<Option<Entry>, TarSplitError> {
         self.next_with(|raw, line, seen| {
-            let entry = validate(raw, line, seen)?;
+            let entry = validate(raw, line, seen)?.into_entry();
             let is_segment = matches!(entry, Entry::Segment(_));
             Ok((entry, is_segment))
         })
@@ -134,17 +139,19 @@ impl<R: Read> TarSplitReader<R> {
         self.next_with(|raw, line, seen| {
             if raw.kind == SEGMENT_TYPE {
                 let len = match raw.payload.as_deref() {
-                    None => 0,
-                    Some(p) => base64_decoded_len(p).ok_or_else(|| TarSplitError::Malformed {
-                        line,
-                        reason: "payload is not base64 (padded standard base64 expected)".into(),
-                    })?,
+                    None => Some(0),
+                    Some(p) if raw.payload_shape_checked => shaped_base64_decoded_len(p),
+                    Some(p) => base64_decoded_len(p),
                 };
+                let len = len.ok_or_else(|| TarSplitError::Malformed {
+                    line,
+                    reason: "payload is not base64 (padded standard base64 expected)".into(),
+                })?;
                 return Ok((EntrySize::Segment(len as u64), true));
             }
             match validate(raw, line, seen)? {
-                Entry::File(f) => Ok((EntrySize::File(f.size), false)),
-                Entry::Segment(_) => unreachable!("segments are handled above"),
+                Checked::File { size, .. } => Ok((EntrySize::File(size), false)),
+                Checked::Segment(_) => unreachable!("segments are handled above"),
             }
         })
     }
@@ -153,15 +160,26 @@ impl<R: Read> TarSplitReader<R> {
     /// duplicate-path set; `decode` also says whether the entry was a segment.
     fn next_with<T>(
         &mut self,
-        mut decode: impl FnMut(
-            RawEntry,
-            u64,
-            Option<&mut HashSet<Vec<u8>>>,
-        ) -> Result<(T, bool), TarSplitError>,
+        mut decode: impl FnMut(RawEntry, u64, Option<&mut PathSet>) -> Result<(T, bool), TarSplitError>,
     ) -> Result<Option<T>, TarSplitError> {
         loop {
             if self.done {
                 return Ok(None);
+            }
+            if self.fast_path {
+                // A whole line of a common shape in the buffer is parsed where it lies: no copy,
+                // and no separate search for its end (the shape parse finds it).
+                let buf = self.input.fill_buf()?;
+                if let Some((raw, len)) = line::parse_common_line(buf) {
+                    if len <= MAX_LINE_LEN {
+                        self.line_no += 1;
+                        let decoded = decode(raw, self.line_no, self.seen.as_mut());
+                        self.input.consume(len);
+                        let (value, is_segment) = decoded?;
+                        self.saw_segment_last = is_segment;
+                        return Ok(Some(value));
+                    }
+                }
             }
             self.line.clear();
             let n = (&mut self.input)
@@ -184,7 +202,7 @@ impl<R: Read> TarSplitReader<R> {
             if text.is_empty() {
                 continue;
             }
-            let raw: RawEntry = match serde_json::from_slice(text) {
+            let raw = match line::parse(text, self.fast_path) {
                 Ok(raw) => raw,
                 Err(e) => return Err(self.malformed(format!("invalid JSON: {e}"))),
             };
@@ -235,18 +253,47 @@ fn base64_decoded_len(text: &str) -> Option<usize> {
     if pad > 2 {
         return None;
     }
-    let body_ok = b[..b.len() - pad]
-        .iter()
-        .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/');
-    body_ok.then(|| b.len() / 4 * 3 - pad)
+    all_base64_symbols(&b[..b.len() - pad]).then(|| b.len() / 4 * 3 - pad)
+}
+
+/// [`base64_decoded_len`] for a payload already known to be base64 symbols followed by at most
+/// two `=` (what the fast path checks): only the length is left to check.
+fn shaped_base64_decoded_len(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    (b.len() % 4 == 0).then(|| b.len() / 4 * 3 - pad)
 }
 
 /// Checks one parsed line and turns it into an [`Entry`].
-fn validate(
-    raw: RawEntry,
+/// A validated line. A file's name is still borrowed from the line when it can be: the sizing
+/// pass needs only its size, and an allocation per file showed in that pass's profile.
+enum Checked<'a> {
+    Segment(Vec<u8>),
+    File {
+        name: Cow<'a, [u8]>,
+        size: u64,
+        crc64: Option<u64>,
+    },
+}
+
+impl Checked<'_> {
+    fn into_entry(self) -> Entry {
+        match self {
+            Checked::Segment(bytes) => Entry::Segment(bytes),
+            Checked::File { name, size, crc64 } => Entry::File(FileEntry {
+                name: name.into_owned(),
+                size,
+                crc64,
+            }),
+        }
+    }
+}
+
+fn validate<'a>(
+    raw: RawEntry<'a>,
     line: u64,
-    seen: Option<&mut HashSet<Vec<u8>>>,
-) -> Result<Entry, TarSplitError> {
+    seen: Option<&mut PathSet>,
+) -> Result<Checked<'a>, TarSplitError> {
     let malformed = |reason: String| TarSplitError::Malformed { line, reason };
     let payload = match &raw.payload {
         Some(p) => Some(
@@ -257,13 +304,16 @@ fn validate(
         None => None,
     };
     match raw.kind {
-        SEGMENT_TYPE => Ok(Entry::Segment(payload.unwrap_or_default())),
+        SEGMENT_TYPE => Ok(Checked::Segment(payload.unwrap_or_default())),
         FILE_TYPE => {
-            let name = match (raw.name_raw, raw.name) {
-                (Some(b64), _) => BASE64
-                    .decode(b64.as_bytes())
-                    .map_err(|e| malformed(format!("name_raw is not base64: {e}")))?,
-                (None, Some(name)) => name.into_owned().into_bytes(),
+            let name: Cow<[u8]> = match (raw.name_raw, raw.name) {
+                (Some(b64), _) => Cow::Owned(
+                    BASE64
+                        .decode(b64.as_bytes())
+                        .map_err(|e| malformed(format!("name_raw is not base64: {e}")))?,
+                ),
+                (None, Some(Cow::Borrowed(name))) => Cow::Borrowed(name.as_bytes()),
+                (None, Some(Cow::Owned(name))) => Cow::Owned(name.into_bytes()),
                 (None, None) => return Err(malformed("file entry without a name".into())),
             };
             if name.is_empty() || name.contains(&0) {
@@ -292,14 +342,14 @@ fn validate(
                 }
             };
             if let Some(seen) = seen {
-                if !seen.insert(clean_path(&name)) {
+                if !seen.insert(&clean_key(&name)) {
                     return Err(TarSplitError::DuplicatePath {
                         line,
                         name: String::from_utf8_lossy(&name).into_owned(),
                     });
                 }
             }
-            Ok(Entry::File(FileEntry { name, size, crc64 }))
+            Ok(Checked::File { name, size, crc64 })
         }
         other => Err(malformed(format!("unknown entry type {other}"))),
     }
@@ -325,6 +375,31 @@ fn trim_ascii(mut s: &[u8]) -> &[u8] {
 
 /// Go's `filepath.Clean` on raw bytes: the key tar-split uses to spot duplicate paths.
 pub fn clean_path(path: &[u8]) -> Vec<u8> {
+    clean_key(path).into_owned()
+}
+
+/// [`clean_path`], borrowed from `path` when that needs no copy: most names are clean but for
+/// a directory's trailing slash, and this runs once per file in the sizing pass.
+fn clean_key(path: &[u8]) -> Cow<'_, [u8]> {
+    match clean_prefix(path) {
+        Some(clean) => Cow::Borrowed(clean),
+        None => Cow::Owned(clean_path_in_full(path)),
+    }
+}
+
+/// `path` without its trailing slashes, when that is already what `filepath.Clean` gives: no
+/// empty, `.` or `..` component (a leading `/` aside). `None` when cleaning takes more.
+fn clean_prefix(path: &[u8]) -> Option<&[u8]> {
+    let end = path.iter().rposition(|&c| c != b'/')? + 1;
+    let trimmed = &path[..end];
+    let relative = trimmed.strip_prefix(b"/").unwrap_or(trimmed);
+    relative
+        .split(|&c| c == b'/')
+        .all(|part| !matches!(part, b"" | b"." | b".."))
+        .then_some(trimmed)
+}
+
+fn clean_path_in_full(path: &[u8]) -> Vec<u8> {
     let rooted = path.first() == Some(&b'/');
     let mut parts: Vec<&[u8]> = Vec::new();
     for part in path.split(|&c| c == b'/') {
@@ -516,5 +591,42 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn clean_prefix_is_a_shortcut_only() {
+        let parts: [&[u8]; 7] = [b"a", b"bc", b".", b"..", b"", b".a", b"a."];
+        // Every path of up to three parts, rooted or not, with and without trailing slashes.
+        let mut paths: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..3 {
+            let mut longer = Vec::new();
+            for p in &paths {
+                for part in parts {
+                    let mut q = p.clone();
+                    if !q.is_empty() {
+                        q.push(b'/');
+                    }
+                    q.extend_from_slice(part);
+                    longer.push(q);
+                }
+            }
+            paths.extend(longer);
+        }
+        let mut shortcuts = 0;
+        for path in &paths {
+            for variant in [
+                path.clone(),
+                [b"/", &path[..]].concat(),
+                [&path[..], b"//"].concat(),
+            ] {
+                let full = clean_path_in_full(&variant);
+                if let Some(prefix) = clean_prefix(&variant) {
+                    shortcuts += 1;
+                    assert_eq!(prefix, &full[..], "{:?}", String::from_utf8_lossy(&variant));
+                }
+                assert_eq!(clean_path(&variant), full);
+            }
+        }
+        assert!(shortcuts > 100);
     }
 }
