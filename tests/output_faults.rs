@@ -34,13 +34,22 @@ fn damage_top_member(s: &Sample) {
 #[test]
 fn closed_pipe_ends_quietly() {
     // `oci-export sample | head -c 100`: the reader takes 100 bytes and leaves.
+    // Compressed output leaves through its own writer (the kernel's splice) and must end as
+    // quietly, stopping the compressions still running.
     let s = Sample::new();
-    for engine in engines() {
+    let compressions: [&[&str]; 3] = [
+        &[],
+        &["-c", "gzip", "--no-cache"],
+        &["-c", "zstd", "--no-cache"],
+    ];
+    for (engine, compression) in engines().iter().flat_map(|e| compressions.map(|c| (e, c))) {
         for jobs in ["1", "4"] {
-            let what = format!("{engine}, -j {jobs}");
+            let what = format!("{engine}, -j {jobs} {compression:?}");
             let (mut read, write) = small_pipe();
             let mut cmd = Command::new(BIN);
-            cmd.args(["--io", engine, "-j", jobs, "--data-root"])
+            cmd.args(["--io", engine, "-j", jobs])
+                .args(compression)
+                .arg("--data-root")
                 .arg(&s.root)
                 .arg(IMAGE)
                 .stdin(Stdio::null())
@@ -409,8 +418,8 @@ fn compressed_output_is_the_same_through_a_file_a_pipe_and_a_redirection() {
             .iter()
             .map(|l| l.as_str().unwrap())
             .collect();
-        let mut distinct = layers.clone();
-        distinct.dedup();
+        let mut seen = std::collections::HashSet::new();
+        let distinct: Vec<&str> = layers.iter().copied().filter(|l| seen.insert(*l)).collect();
         assert!(distinct.len() > 1, "the sample has several layers");
         assert_eq!(&names[..2], ["blobs/", "blobs/sha256/"]);
         assert_eq!(names[2..2 + distinct.len()], distinct[..], "[{alg}]");
@@ -461,5 +470,35 @@ fn a_failing_compressed_export_leaves_nothing_and_caches_nothing_bad() {
     assert!(
         cached.iter().all(|name| !name.contains(&diff_id)),
         "the damaged layer was cached: {cached:?}"
+    );
+}
+
+#[test]
+fn a_refused_layout_directory_costs_no_compression() {
+    // A non-empty target is refused before any layer is compressed or cached.
+    let s = Sample::new();
+    let target = s.out_dir.join("layout");
+    fs::create_dir(&target).unwrap();
+    fs::write(target.join("someone-elses"), b"keep").unwrap();
+    let cache = s.tmp.path().join("cache");
+    let outcome = s.unchanged_by(|| {
+        let mut args: Vec<&std::ffi::OsStr> = ["-c", "zstd", "--format", "oci-dir", "--cache-dir"]
+            .iter()
+            .map(std::ffi::OsStr::new)
+            .collect();
+        args.extend([
+            cache.as_os_str(),
+            IMAGE.as_ref(),
+            "-o".as_ref(),
+            target.as_os_str(),
+        ]);
+        s.run(&args)
+    });
+    assert_failed_with(&outcome, &["not empty"], "non-empty layout directory");
+    assert_eq!(fs::read(target.join("someone-elses")).unwrap(), b"keep");
+    let cached = fs::read_dir(cache.join("v1")).map_or(0, |d| d.count());
+    assert_eq!(
+        cached, 0,
+        "layers were compressed for a refused destination"
     );
 }

@@ -82,7 +82,6 @@ impl Entry {
 #[derive(Debug)]
 pub struct CachedBlob {
     pub entry: Entry,
-    pub path: PathBuf,
     /// The blob, opened before it was verified and rewound to its start: the bytes read from
     /// it are the ones that were checked even if the entry is replaced meanwhile.
     pub file: File,

@@ -63,11 +63,6 @@ impl BlobCache {
         &self.dir
     }
 
-    /// Where `key`'s blob lives (whether or not it exists).
-    pub fn blob_path(&self, key: &Key) -> PathBuf {
-        self.path(key, BLOB_EXT)
-    }
-
     pub(super) fn path(&self, key: &Key, ext: &str) -> PathBuf {
         self.dir.join(format!("{}.{ext}", key.stem()))
     }
@@ -118,11 +113,7 @@ impl BlobCache {
         entry.last_used_unix_ms = now_unix_ms();
         // Best effort: a hit is as good when the cache is read-only; the entry then just ages.
         let _ = self.write_meta(&entry);
-        Ok(Lookup::Hit(CachedBlob {
-            entry,
-            path: blob_path,
-            file,
-        }))
+        Ok(Lookup::Hit(CachedBlob { entry, file }))
     }
 
     /// Deletes `key`'s entry after a failed check. Another process may have replaced the entry
@@ -326,11 +317,7 @@ impl PendingBlob<'_> {
             .context("reopening a committed blob")?;
         file.rewind()
             .with_context(|| format!("reading {}", blob_path.display()))?;
-        Ok(CachedBlob {
-            entry,
-            path: blob_path,
-            file,
-        })
+        Ok(CachedBlob { entry, file })
     }
 }
 

@@ -8,9 +8,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 
 use crate::cache::{BlobCache, Key, Lookup};
 use crate::compress::{Compressor, Settings};
@@ -38,61 +38,118 @@ pub fn with_compressed_layers<R>(
     job: &CompressJob,
     write: impl FnOnce(&mut dyn ReadyBlobs) -> Result<R>,
 ) -> Result<R> {
-    let count = job.layers.len();
+    let workers = job.jobs.max(1);
+    // Finished blobs wait open for the writer; a bounded lead keeps a slow destination from
+    // piling up open files (and cache work) for an image of hundreds of layers.
+    let lead = 2 * workers;
+    in_order(
+        job.layers.len(),
+        workers,
+        lead,
+        |index, stop| compress_layer(job, index, stop),
+        write,
+    )
+}
+
+/// Makes items `0..count` with `make` on up to `workers` threads, at most `lead` items ahead of
+/// what `consume` has taken, and hands them to `consume` in order.
+///
+/// After the first failure no new item is started and running ones are told to stop (`make`
+/// watches the flag and returns [`Cancelled`]); the consumer is then given the first real
+/// error, never the cancellation of an item that was merely abandoned because of it.
+fn in_order<R>(
+    count: usize,
+    workers: usize,
+    lead: usize,
+    make: impl Fn(usize, &AtomicBool) -> Result<ReadyBlob> + Sync,
+    consume: impl FnOnce(&mut dyn ReadyBlobs) -> Result<R>,
+) -> Result<R> {
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..count)
         .map(|_| {
-            // One message per layer: a send never blocks.
+            // One message per item: a send never blocks.
             let (tx, rx) = sync_channel::<Result<ReadyBlob>>(1);
             (Some(tx), Some(rx))
         })
         .unzip();
-    let senders: Mutex<Vec<Option<SyncSender<Result<ReadyBlob>>>>> = Mutex::new(senders);
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let shared = Shared {
+        senders: Mutex::new(senders),
+        next: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        failure: Mutex::new(None),
+        taken: Mutex::new(0),
+        moved: Condvar::new(),
+    };
 
     std::thread::scope(|scope| {
-        for _ in 0..job.jobs.clamp(1, count.max(1)) {
-            scope.spawn(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(tx) = senders
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_mut(index)
-                        .and_then(Option::take)
-                    else {
-                        return;
-                    };
-                    let result = compress_layer(job, index, &stop);
-                    if let Err(e) = &result {
-                        // Stop the others; keep the first real error for the writer to report.
-                        stop.store(true, Ordering::Relaxed);
-                        if !e.is::<Cancelled>() {
-                            let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
-                            first.get_or_insert(anyhow!("{e:#}"));
-                        }
-                    }
-                    // The writer may have stopped reading; then nobody needs the result.
-                    let _ = tx.send(result);
-                }
-                // Stopped: layers nobody started will never be sent; dropping their senders
-                // lets a writer waiting for one see that rather than wait forever.
-                senders.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            });
+        for _ in 0..workers.clamp(1, count.max(1)) {
+            scope.spawn(|| shared.work(lead, &make));
         }
-
-        let mut in_order = InOrder {
+        let mut stream = InOrder {
             receivers,
             next: 0,
-            failure: &failure,
+            shared: &shared,
         };
-        let result = write(&mut in_order);
-        if result.is_err() {
-            stop.store(true, Ordering::Relaxed);
-        }
+        let result = consume(&mut stream);
+        // Whether it failed or is done, nothing more will be taken: release the workers.
+        shared.stop();
+        // Dropping the receivers here, before the scope joins the workers, lets a worker's
+        // late send fail instead of waiting.
+        drop(stream);
         result
     })
+}
+
+/// State shared by the workers and the consumer of [`in_order`].
+struct Shared {
+    senders: Mutex<Vec<Option<SyncSender<Result<ReadyBlob>>>>>,
+    next: AtomicUsize,
+    stop: AtomicBool,
+    /// The first real (not cancelled) failure, recorded before `stop` is raised.
+    failure: Mutex<Option<String>>,
+    /// Items the consumer has taken, and the signal that it took one (or that work stopped).
+    taken: Mutex<usize>,
+    moved: Condvar,
+}
+
+impl Shared {
+    fn work(&self, lead: usize, make: &(impl Fn(usize, &AtomicBool) -> Result<ReadyBlob> + Sync)) {
+        while !self.stop.load(Ordering::Acquire) {
+            let index = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(tx) = lock(&self.senders).get_mut(index).and_then(Option::take) else {
+                return;
+            };
+            let mut taken = lock(&self.taken);
+            while index >= *taken + lead && !self.stop.load(Ordering::Acquire) {
+                taken = self.moved.wait(taken).unwrap_or_else(|p| p.into_inner());
+            }
+            drop(taken);
+            if self.stop.load(Ordering::Acquire) {
+                break; // `tx` drops: the consumer sees this item end without a result
+            }
+            let result = make(index, &self.stop);
+            if let Err(e) = &result {
+                if !e.is::<Cancelled>() {
+                    lock(&self.failure).get_or_insert_with(|| format!("{e:#}"));
+                }
+                self.stop();
+            }
+            // The consumer may have stopped reading; then nobody needs the result.
+            let _ = tx.send(result);
+        }
+        // Stopped: items nobody started will never be sent; dropping their senders lets a
+        // consumer waiting for one see that rather than wait forever.
+        lock(&self.senders).clear();
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _guard = lock(&self.taken);
+        self.moved.notify_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Compresses layer `index` into the cache, or takes it from there.
@@ -134,14 +191,6 @@ fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<
         compressor.finish()?
     };
     let committed = pending.commit(blob.digest)?;
-    if committed.entry.size != blob.size {
-        bail!(
-            "{}: the cache stored {} bytes of a {}-byte blob",
-            layer.origin,
-            committed.entry.size,
-            blob.size
-        );
-    }
     Ok(ReadyBlob {
         info: BlobInfo {
             digest: blob.digest,
@@ -176,11 +225,11 @@ impl<S: BlockSink> BlockSink for Watched<'_, S> {
     }
 }
 
-/// The writer's side: each layer's result, in order.
+/// The consumer's side: each item's result, in order.
 struct InOrder<'a> {
     receivers: Vec<Option<Receiver<Result<ReadyBlob>>>>,
     next: usize,
-    failure: &'a Mutex<Option<anyhow::Error>>,
+    shared: &'a Shared,
 }
 
 impl ReadyBlobs for InOrder<'_> {
@@ -195,16 +244,161 @@ impl ReadyBlobs for InOrder<'_> {
             .and_then(Option::take)
             .ok_or_else(|| anyhow!("internal error: more layers asked for than there are"))?;
         self.next += 1;
-        let received = rx
-            .recv()
-            .unwrap_or_else(|_| Err(anyhow!("a compression worker stopped without a result")));
-        // A layer abandoned because another failed reports that other failure.
-        received.map_err(|e| {
-            self.failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or(e)
+        let received = rx.recv();
+        *lock(&self.shared.taken) += 1;
+        self.shared.moved.notify_all();
+        match received {
+            Ok(Ok(blob)) => Ok(blob),
+            Ok(Err(e)) if !e.is::<Cancelled>() => Err(e),
+            // Abandoned (or never started) because something else failed: report that.
+            other => {
+                let first = lock(&self.shared.failure).take();
+                Err(match (first, other) {
+                    (Some(first), _) => anyhow!(first),
+                    (None, Ok(Err(e))) => e,
+                    (None, _) => anyhow!("a compression worker stopped without a result"),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::sink::plan::BlobInfo;
+    use std::time::{Duration, Instant};
+
+    fn blob(index: usize) -> Result<ReadyBlob> {
+        Ok(ReadyBlob {
+            info: BlobInfo {
+                digest: Digest::of(&index.to_le_bytes()),
+                size: index as u64,
+                media_type: "test",
+            },
+            file: tempfile::tempfile()?,
         })
+    }
+
+    /// Waits (at most a few seconds) for `stop`, as a long compression would.
+    fn until_stopped(stop: &AtomicBool) -> Result<ReadyBlob> {
+        let start = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "never told to stop"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Err(Cancelled.into())
+    }
+
+    fn take_all(blobs: &mut dyn ReadyBlobs) -> Result<Vec<u64>> {
+        (0..blobs.count())
+            .map(|_| blobs.next().map(|b| b.info.size))
+            .collect()
+    }
+
+    #[test]
+    fn items_arrive_in_order_and_no_further_ahead_than_the_lead() {
+        let made = AtomicUsize::new(0);
+        let taken = AtomicUsize::new(0);
+        let lead = 2;
+        let got = in_order(
+            30,
+            3,
+            lead,
+            |index, _| {
+                let ahead = made.fetch_add(1, Ordering::SeqCst) + 1 - taken.load(Ordering::SeqCst);
+                assert!(
+                    ahead <= lead + 1,
+                    "{ahead} items made ahead of the consumer"
+                );
+                blob(index)
+            },
+            |blobs| {
+                let mut sizes = Vec::new();
+                for _ in 0..blobs.count() {
+                    std::thread::sleep(Duration::from_millis(2));
+                    sizes.push(blobs.next()?.info.size);
+                    taken.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(sizes)
+            },
+        )
+        .unwrap();
+        assert_eq!(got, (0..30).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn a_later_items_failure_is_reported_not_the_abandonment_it_caused() {
+        // Item 0 is a long compression; item 2 fails while the consumer waits for item 0.
+        for _ in 0..20 {
+            let err = in_order(
+                6,
+                4,
+                8,
+                |index, stop| match index {
+                    0 => until_stopped(stop),
+                    2 => Err(anyhow!("item 2 is damaged")),
+                    _ => blob(index),
+                },
+                take_all,
+            )
+            .unwrap_err();
+            assert_eq!(format!("{err:#}"), "item 2 is damaged");
+        }
+    }
+
+    #[test]
+    fn the_failing_items_own_error_keeps_its_cause() {
+        let err = in_order(
+            3,
+            1,
+            2,
+            |index, _| match index {
+                0 => Err(std::io::Error::from_raw_os_error(libc::EIO).into()),
+                _ => blob(index),
+            },
+            take_all,
+        )
+        .unwrap_err();
+        assert!(err.downcast_ref::<std::io::Error>().is_some(), "{err:#}");
+    }
+
+    #[test]
+    fn a_failing_consumer_stops_the_work_promptly() {
+        let made = AtomicUsize::new(0);
+        let start = Instant::now();
+        let err = in_order(
+            1000,
+            2,
+            4,
+            |index, stop| {
+                made.fetch_add(1, Ordering::SeqCst);
+                if index == 1 {
+                    return until_stopped(stop);
+                }
+                blob(index)
+            },
+            |blobs| {
+                blobs.next()?;
+                Err::<(), _>(anyhow!("the output closed"))
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "the output closed");
+        assert!(
+            made.load(Ordering::SeqCst) <= 10,
+            "work went on after the failure"
+        );
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn no_items() {
+        let got = in_order(0, 2, 4, |i, _| blob(i), take_all).unwrap();
+        assert!(got.is_empty());
     }
 }

@@ -166,7 +166,7 @@ pub fn run(req: &ExportRequest) -> Result<()> {
     }
 }
 
-/// One export under way: what was resolved and measured, and where it goes.
+/// One export under way: the images resolved, and where they go.
 struct Export<'a> {
     req: &'a ExportRequest,
     engines: EngineFactory,
@@ -266,11 +266,10 @@ impl Export<'_> {
                 .and_then(|len| output.commit(len))
             }
             Format::OciDir => {
-                let dir = self.output_dir()?;
+                // Checked and created first, so that a refused destination costs no compression.
+                let dir = oci_dir::PartialDir::begin(self.output_dir()?, &req.data_root)?;
                 with_compressed_layers(&job, |blobs| {
-                    oci_dir::write_dir_incrementally(&layout, blobs, dir, &req.data_root, || {
-                        self.confirm()
-                    })
+                    oci_dir::write_dir_incrementally(dir, &layout, blobs, || self.confirm())
                 })
             }
         };

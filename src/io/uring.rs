@@ -35,7 +35,8 @@ use crate::tarsplit::{Entry, FileEntry};
 const RING_ENTRIES: u32 = 256;
 /// Files opened ahead of the one being delivered.
 const MAX_FILES_AHEAD: usize = 128;
-/// Bytes of reads in flight or waiting to be delivered.
+/// Bytes of reads in flight or waiting to be delivered, as requested: buffers come rounded up
+/// to their size class (a power of two), so up to about twice this is pinned.
 const MAX_BYTES_AHEAD: usize = 32 << 20;
 /// One read's size: large enough that a big file costs few system calls, small enough that
 /// delivery (hashing) of the first chunk starts early.

@@ -53,7 +53,7 @@ fn blob_path(digest: &Digest) -> String {
 
 /// Where the layer blobs go among the other blobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobOrder {
+enum BlobOrder {
     /// Sorted by hex together with the configs and manifests, as `docker save` writes them.
     ByDigest,
     /// Right after the directories, in layer order, so that each can be written as soon as it
@@ -112,7 +112,7 @@ pub fn plan(images: &[Image], blobs: Vec<BlobInfo>, blob_of: &HashMap<Digest, us
 }
 
 /// Lays out the archive with the layer blobs in `order`.
-pub fn plan_in_order(
+fn plan_in_order(
     images: &[Image],
     blobs: Vec<BlobInfo>,
     blob_of: &HashMap<Digest, usize>,

@@ -58,16 +58,14 @@ pub fn write_dir(
     dir.commit(before_commit)
 }
 
-/// Writes the OCI layout of `layout` at `target` (as [`write_dir`]), copying each blob in as
+/// Writes the OCI layout of `layout` into `dir` (see [`write_dir`]), copying each blob in as
 /// soon as it is ready; the documents that need every digest follow.
 pub fn write_dir_incrementally(
+    dir: PartialDir,
     layout: &dyn IncrementalPlan,
     blobs: &mut dyn ReadyBlobs,
-    target: &Path,
-    forbidden: &Path,
     before_commit: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
-    let dir = PartialDir::begin(target, forbidden)?;
     dir.write_documents(&layout.leading())?;
     let mut infos = Vec::with_capacity(blobs.count());
     for index in 0..blobs.count() {
@@ -91,13 +89,15 @@ pub fn write_dir_incrementally(
 }
 
 /// The layout directory while it is being written, under a temporary name beside its target.
-struct PartialDir {
+pub struct PartialDir {
     target: PathBuf,
     scratch: ScratchDir,
 }
 
 impl PartialDir {
-    fn begin(target: &Path, forbidden: &Path) -> Result<Self> {
+    /// Checks `target` (it must not exist, or be an empty directory, and must not lie inside
+    /// `forbidden`) and creates the temporary directory beside it.
+    pub fn begin(target: &Path, forbidden: &Path) -> Result<Self> {
         let target = absolute(target)?;
         refuse_inside(&target, forbidden)?;
         if let Ok(mut entries) = std::fs::read_dir(&target) {

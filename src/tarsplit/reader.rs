@@ -264,7 +264,6 @@ fn shaped_base64_decoded_len(text: &str) -> Option<usize> {
     (b.len() % 4 == 0).then(|| b.len() / 4 * 3 - pad)
 }
 
-/// Checks one parsed line and turns it into an [`Entry`].
 /// A validated line. A file's name is still borrowed from the line when it can be: the sizing
 /// pass needs only its size, and an allocation per file showed in that pass's profile.
 enum Checked<'a> {
@@ -289,6 +288,7 @@ impl Checked<'_> {
     }
 }
 
+/// Checks one parsed line (and, given `seen`, that no path repeats) and returns it validated.
 fn validate<'a>(
     raw: RawEntry<'a>,
     line: u64,
