@@ -28,7 +28,7 @@ pub struct CompressJob<'a> {
     pub engines: EngineFactory,
     /// Layers compressed at once.
     pub jobs: usize,
-    /// Counts uncompressed bytes as they are compressed.
+    /// Counts layer bytes as they are compressed, and cached blobs as they are verified.
     pub progress: &'a Progress,
 }
 
@@ -164,6 +164,10 @@ fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<
     };
     match job.cache.get(&key)? {
         Lookup::Hit(hit) => {
+            // The bytes verified stand in for the layer's, whose size a hit does not need.
+            job.progress
+                .bytes
+                .fetch_add(hit.entry.size, Ordering::Relaxed);
             return Ok(ReadyBlob {
                 info: BlobInfo {
                     digest: hit.entry.digest,

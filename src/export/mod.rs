@@ -161,7 +161,8 @@ pub fn run(req: &ExportRequest) -> Result<()> {
             export.reporting(Some(sizes.iter().sum()), || export.uncompressed(&sizes))
         }
         // Compressed layers are measured only when they have to be made: a cache hit needs no
-        // pass over tar-split. Their total is not known up front.
+        // pass over tar-split. Their total is not known up front, so progress shows bytes
+        // processed and a rate.
         Some(settings) => export.reporting(None, || export.compressed(settings)),
     }
 }
