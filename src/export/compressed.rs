@@ -12,7 +12,7 @@ use std::sync::{Condvar, Mutex};
 
 use anyhow::{anyhow, Result};
 
-use crate::cache::{BlobCache, Key, Lookup};
+use crate::cache::{BlobCache, CachedBlob, Key, Lookup};
 use crate::compress::{Compressor, Settings};
 use crate::io::EngineFactory;
 use crate::model::Layer;
@@ -156,35 +156,48 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<ReadyBlob> {
     let layer = &job.layers[index];
     let settings = job.settings;
-    let media_type = settings.algorithm.media_type();
     let key = Key {
         diff_id: layer.diff_id,
         algorithm: settings.algorithm,
         level: settings.level,
     };
-    match job.cache.get(&key)? {
+    let cached = match job.cache.get(&key)? {
         Lookup::Hit(hit) => {
             // The bytes verified stand in for the layer's, whose size a hit does not need.
             job.progress
                 .bytes
                 .fetch_add(hit.entry.size, Ordering::Relaxed);
-            return Ok(ReadyBlob {
-                info: BlobInfo {
-                    digest: hit.entry.digest,
-                    size: hit.entry.size,
-                    media_type,
-                },
-                file: hit.file,
-            });
+            hit
         }
-        Lookup::Discarded(reason) => eprintln!("oci-export: {reason}; compressing it again"),
-        Lookup::Miss => {}
-    }
+        Lookup::Discarded(reason) => {
+            eprintln!("oci-export: {reason}; compressing it again");
+            compress_into_cache(job, index, &key, stop)?
+        }
+        Lookup::Miss => compress_into_cache(job, index, &key, stop)?,
+    };
+    Ok(ReadyBlob {
+        info: BlobInfo {
+            digest: cached.entry.digest,
+            size: cached.entry.size,
+            media_type: settings.algorithm.media_type(),
+        },
+        file: cached.file,
+    })
+}
+
+/// Rebuilds layer `index`, compresses it into the cache as `key`, and returns the new entry.
+fn compress_into_cache(
+    job: &CompressJob,
+    index: usize,
+    key: &Key,
+    stop: &AtomicBool,
+) -> Result<CachedBlob> {
+    let layer = &job.layers[index];
     // The sizing pass also rejects a tar-split that lists a path twice.
     let size = measure_layer(layer)?.tar_size;
-    let mut pending = job.cache.begin(&key)?;
+    let mut pending = job.cache.begin(key)?;
     let blob = {
-        let mut compressor = Compressor::new(settings, &mut pending)?;
+        let mut compressor = Compressor::new(job.settings, &mut pending)?;
         let mut engine = job.engines.create()?;
         let mut sink = Watched {
             inner: WriteBlocks(&mut compressor),
@@ -194,15 +207,7 @@ fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<
         rebuild_layer(layer, size, engine.as_mut(), &mut sink)?;
         compressor.finish()?
     };
-    let committed = pending.commit(blob.digest)?;
-    Ok(ReadyBlob {
-        info: BlobInfo {
-            digest: blob.digest,
-            size: blob.size,
-            media_type,
-        },
-        file: committed.file,
-    })
+    pending.commit(blob.digest)
 }
 
 /// The compression was abandoned because something else failed first.

@@ -9,11 +9,11 @@
 //! passing them through user space.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 
-use super::plan::{Body, IncrementalPlan, PlanEntry, ReadyBlobs};
+use super::plan::{Body, IncrementalPlan, PlanEntry, ReadyBlob, ReadyBlobs};
 use super::tar;
 
 /// Writes the archive front to back into `out` (at its current offset); returns its length.
@@ -37,7 +37,7 @@ pub fn write_archive(
     for index in 0..blobs.count() {
         let ready = blobs.next()?;
         let entry = layout.blob_entry(index, &ready.info);
-        tar.copy_member(&entry, &ready.file, ready.info.size)?;
+        tar.blob_member(&entry, &ready)?;
         written.push(entry.path);
         infos.push(ready.info);
     }
@@ -81,23 +81,18 @@ impl TarStream<'_> {
         self.pad(size)
     }
 
-    /// A member whose `size` bytes are copied from `file`'s current offset.
-    fn copy_member(&mut self, entry: &PlanEntry, file: &File, size: u64) -> Result<()> {
+    /// A member holding a whole ready blob.
+    fn blob_member(&mut self, entry: &PlanEntry, blob: &ReadyBlob) -> Result<()> {
+        let size = blob.info.size;
         self.write(&tar::header(
             &entry.path,
             tar::Kind::RegularFile,
             size,
             entry.mtime,
         ))?;
-        let copied = io::copy(&mut file.take(size), &mut self.out)
+        blob.copy_into(&mut self.out)
             .with_context(|| format!("copying {} into the archive", entry.path))?;
-        self.written += copied;
-        if copied != size {
-            bail!(
-                "{}: the blob file holds {copied} of its {size} bytes",
-                entry.path
-            );
-        }
+        self.written += size;
         self.pad(size)
     }
 

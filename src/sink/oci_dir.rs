@@ -6,7 +6,7 @@
 //! the target and renamed into place when complete.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -71,16 +71,9 @@ pub fn write_dir_incrementally(
     for index in 0..blobs.count() {
         let ready = blobs.next()?;
         let path = dir.path_of(&layout.blob_entry(index, &ready.info));
-        let mut file = create(&path)?;
-        let copied = std::io::copy(&mut (&ready.file).take(ready.info.size), &mut file)
+        ready
+            .copy_into(&mut create(&path)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        if copied != ready.info.size {
-            bail!(
-                "{}: the blob file holds {copied} of its {} bytes",
-                ready.info.digest,
-                ready.info.size
-            );
-        }
         infos.push(ready.info);
     }
     let plan = from_docker_plan(layout.complete(infos));

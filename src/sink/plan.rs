@@ -63,6 +63,24 @@ pub struct ReadyBlob {
     pub file: std::fs::File,
 }
 
+impl ReadyBlob {
+    /// Copies the whole blob from its file's current offset to `out`. Generic rather than
+    /// `dyn Write` so that `std::io::copy` can see both ends are files or pipes and let the
+    /// kernel move the bytes (`copy_file_range`, `sendfile`, `splice`).
+    pub fn copy_into<W: std::io::Write>(&self, out: &mut W) -> anyhow::Result<()> {
+        use std::io::Read;
+        let size = self.info.size;
+        let copied = std::io::copy(&mut (&self.file).take(size), out)?;
+        if copied != size {
+            anyhow::bail!(
+                "{}: the blob file holds {copied} of its {size} bytes",
+                self.info.digest
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Layer blobs that become ready one at a time, in index order; `next` waits for the next one.
 pub trait ReadyBlobs {
     fn count(&self) -> usize;
