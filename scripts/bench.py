@@ -75,26 +75,30 @@ def layer_facts(archive, scratch):
     return layers
 
 
-def floor_seconds(layers, cores):
-    """SHA-256 of every layer with OpenSSL (SHA-NI), layers in parallel on all cores, warm.
-
-    Layers are started largest first, at most `cores` at a time; the wall time is the floor a
-    verified export cannot beat, because SHA-256 is sequential within a layer."""
-    for layer in layers:  # warm the page cache
-        with open(layer["path"], "rb") as f:
-            while f.read(8 << 20):
-                pass
+def largest_first(layers, cores, command):
+    """Runs `command(layer)` for every layer, largest first, at most `cores` at a time; returns
+    the wall time."""
     todo = sorted(layers, key=lambda l: -l["size"])
     start = time.perf_counter()
     running = []
     while todo or running:
         while todo and len(running) < cores:
-            layer = todo.pop(0)
-            running.append(subprocess.Popen(
-                ["openssl", "dgst", "-sha256", layer["path"]], stdout=subprocess.DEVNULL))
+            running.append(subprocess.Popen(command(todo.pop(0)), stdout=subprocess.DEVNULL))
         running[0].wait()
         running = [p for p in running if p.poll() is None]
     return time.perf_counter() - start
+
+
+def floor_seconds(layers, cores):
+    """SHA-256 of every layer with OpenSSL (SHA-NI), layers in parallel on all cores, warm.
+
+    The wall time is the floor a verified export cannot beat, because SHA-256 is sequential
+    within a layer."""
+    for layer in layers:  # warm the page cache
+        with open(layer["path"], "rb") as f:
+            while f.read(8 << 20):
+                pass
+    return largest_first(layers, cores, lambda l: ["openssl", "dgst", "-sha256", l["path"]])
 
 
 def disk_floor_seconds(layers, cores):
@@ -102,15 +106,7 @@ def disk_floor_seconds(layers, cores):
     disk allows a cold export at best (an export reads thousands of files, not one stream)."""
     subprocess.run(["sync"], check=True)
     drop_caches()
-    todo = sorted(layers, key=lambda l: -l["size"])
-    start = time.perf_counter()
-    running = []
-    while todo or running:
-        while todo and len(running) < cores:
-            running.append(subprocess.Popen(["cat", todo.pop(0)["path"]], stdout=subprocess.DEVNULL))
-        running[0].wait()
-        running = [p for p in running if p.poll() is None]
-    return time.perf_counter() - start
+    return largest_first(layers, cores, lambda l: ["cat", l["path"]])
 
 
 def main():
