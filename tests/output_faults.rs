@@ -6,7 +6,7 @@ mod forge;
 mod harness;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -154,12 +154,7 @@ fn full_disk_through_stdout_cuts_the_file_back() {
     for engine in engines() {
         let path = tiny.path().join("image.tar");
         let file = File::create(&path).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--io", engine, "--data-root"])
-            .arg(&s.root)
-            .arg(IMAGE)
-            .stdout(file);
-        let outcome = s.unchanged_by(|| run_with_stdout_set(cmd));
+        let outcome = s.unchanged_by(|| export_with_stdout(&s, &["--io", engine], file));
         assert_failed_with(&outcome, &["No space left on device"], engine);
         assert_eq!(fs::metadata(&path).unwrap().len(), 0, "[{engine}]");
         fs::remove_file(&path).unwrap();
@@ -167,9 +162,30 @@ fn full_disk_through_stdout_cuts_the_file_back() {
 }
 
 /// Like [`run`], for a command whose stdout is already set up.
-fn run_with_stdout_set(mut cmd: Command) -> Outcome {
-    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+/// `oci-export ARGS --data-root ROOT IMAGE` with `stdout` as its standard output.
+fn export_with_stdout(s: &Sample, args: &[&str], stdout: File) -> Outcome {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("--data-root")
+        .arg(&s.root)
+        .arg(IMAGE)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped());
     wait_with_timeout(cmd.spawn().unwrap(), RUN_TIMEOUT)
+}
+
+/// `path` holding `prefix`, opened for writing (appending if `append`) at its end: stdout as a
+/// shell's `>` or `>>` hands it over after earlier output.
+fn redirection(path: &Path, prefix: &[u8], append: bool) -> File {
+    fs::write(path, prefix).unwrap();
+    let mut file = OpenOptions::new()
+        .write(true)
+        .append(append)
+        .open(path)
+        .unwrap();
+    file.seek(SeekFrom::End(0)).unwrap();
+    file
 }
 
 // ---- signals ------------------------------------------------------------------------------
@@ -252,14 +268,8 @@ fn failure_with_stdout_to_a_file_cuts_it_back() {
     for engine in engines() {
         for prefix in [&b""[..], b"earlier content, kept\n"] {
             let path = s.tmp.path().join("stdout.tar");
-            let mut file = File::create(&path).unwrap();
-            file.write_all(prefix).unwrap();
-            let mut cmd = Command::new(BIN);
-            cmd.args(["--io", engine, "--data-root"])
-                .arg(&s.root)
-                .arg(IMAGE)
-                .stdout(file);
-            let outcome = s.unchanged_by(|| run_with_stdout_set(cmd));
+            let file = redirection(&path, prefix, false);
+            let outcome = s.unchanged_by(|| export_with_stdout(&s, &["--io", engine], file));
             assert_failed_with(&outcome, &["CRC-64"], engine);
             let left = fs::read(&path).unwrap();
             assert!(left == prefix, "[{engine}] {} bytes left", left.len());
@@ -275,15 +285,10 @@ fn failure_with_stdout_appending_to_a_file_cuts_it_back() {
     damage_top_member(&s);
     for engine in engines() {
         let path = s.tmp.path().join("stdout.tar");
-        fs::write(&path, b"earlier content, kept\n").unwrap();
-        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut file = redirection(&path, b"earlier content, kept\n", true);
+        // An appending descriptor's offset does not matter: every write still goes to the end.
         file.seek(SeekFrom::Start(0)).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--io", engine, "--data-root"])
-            .arg(&s.root)
-            .arg(IMAGE)
-            .stdout(file);
-        let outcome = s.unchanged_by(|| run_with_stdout_set(cmd));
+        let outcome = s.unchanged_by(|| export_with_stdout(&s, &["--io", engine], file));
         assert_failed_with(&outcome, &["CRC-64"], engine);
         let left = fs::read(&path).unwrap();
         assert!(
@@ -303,16 +308,8 @@ fn success_with_stdout_to_a_file_matches_dash_o() {
     let archive = fs::read(s.out()).unwrap();
     for append in [false, true] {
         let path = s.tmp.path().join("stdout.tar");
-        fs::write(&path, b"prefix").unwrap();
-        let mut file = OpenOptions::new()
-            .write(true)
-            .append(append)
-            .open(&path)
-            .unwrap();
-        file.seek(SeekFrom::End(0)).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--data-root").arg(&s.root).arg(IMAGE).stdout(file);
-        let outcome = run_with_stdout_set(cmd);
+        let file = redirection(&path, b"prefix", append);
+        let outcome = export_with_stdout(&s, &[], file);
         assert!(outcome.ok(), "{}", outcome.stderr);
         let written = fs::read(&path).unwrap();
         assert!(
@@ -393,13 +390,8 @@ fn compressed_output_is_the_same_through_a_file_a_pipe_and_a_redirection() {
         assert!(via_pipe.stdout == archive, "[{alg}] pipe and -o differ");
 
         let path = s.tmp.path().join("stdout.tar");
-        fs::write(&path, b"prefix").unwrap();
-        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.seek(SeekFrom::End(0)).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).arg("--data-root").arg(&s.root).arg(IMAGE);
-        cmd.stdout(file);
-        let outcome = run_with_stdout_set(cmd);
+        let file = redirection(&path, b"prefix", true);
+        let outcome = export_with_stdout(&s, &args, file);
         assert!(outcome.ok(), "[{alg}] {}", outcome.stderr);
         assert!(
             fs::read(&path).unwrap() == [&b"prefix"[..], &archive].concat(),
@@ -449,15 +441,9 @@ fn a_failing_compressed_export_leaves_nothing_and_caches_nothing_bad() {
         }
         // Stdout redirected to a file is cut back to where it was.
         let path = s.tmp.path().join("stdout.tar");
-        fs::write(&path, b"kept").unwrap();
-        let mut file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.seek(SeekFrom::End(0)).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["-c", alg, "--cache-dir", cache_arg, "--data-root"])
-            .arg(&s.root)
-            .arg(IMAGE);
-        cmd.stdout(file);
-        let outcome = s.unchanged_by(|| run_with_stdout_set(cmd));
+        let file = redirection(&path, b"kept", false);
+        let args = ["-c", alg, "--cache-dir", cache_arg];
+        let outcome = s.unchanged_by(|| export_with_stdout(&s, &args, file));
         assert_failed_with(&outcome, &["CRC-64"], alg);
         assert_eq!(fs::read(&path).unwrap(), b"kept", "[{alg}] not cut back");
     }
