@@ -23,6 +23,7 @@
 //!
 //! `export` ties the stages together; `cli` and `main.rs` are thin glue.
 
+pub mod ahead;
 pub mod cache;
 pub mod cli;
 pub mod compress;

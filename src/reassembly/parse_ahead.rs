@@ -4,9 +4,7 @@
 //! costs about as much as opening and reading the files. Done on a thread of its own it
 //! overlaps with them, the way hashing overlaps with both.
 
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::thread::JoinHandle;
-
+use crate::ahead::Ahead;
 use crate::tarsplit::{Entry, TarSplitError};
 
 /// Entries travel in batches: one channel message per entry would cost more than parsing it.
@@ -18,9 +16,8 @@ type Batch = Vec<Result<Entry, TarSplitError>>;
 
 /// An iterator over entries parsed by a background thread.
 pub struct ParseAhead {
-    rx: Option<Receiver<Batch>>,
+    batches: Ahead<Batch>,
     current: std::vec::IntoIter<Result<Entry, TarSplitError>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl ParseAhead {
@@ -28,41 +25,36 @@ impl ParseAhead {
     where
         I: Iterator<Item = Result<Entry, TarSplitError>> + Send + 'static,
     {
-        let (tx, rx) = sync_channel::<Batch>(DEPTH);
-        let thread = std::thread::Builder::new()
-            .name("tar-split".into())
-            .spawn(move || {
-                let mut entries = entries;
-                loop {
-                    // A batch ends early at the stream's end or at its first error, after which
-                    // nothing more is parsed.
-                    let mut batch: Batch = Vec::with_capacity(BATCH);
-                    let mut last = false;
-                    while batch.len() < BATCH {
-                        match entries.next() {
-                            None => {
-                                last = true;
+        let batches = Ahead::start("tar-split", DEPTH, move |tx| {
+            let mut entries = entries;
+            loop {
+                // A batch ends early at the stream's end or at its first error, after which
+                // nothing more is parsed.
+                let mut batch: Batch = Vec::with_capacity(BATCH);
+                let mut last = false;
+                while batch.len() < BATCH {
+                    match entries.next() {
+                        None => {
+                            last = true;
+                            break;
+                        }
+                        Some(entry) => {
+                            last = entry.is_err();
+                            batch.push(entry);
+                            if last {
                                 break;
-                            }
-                            Some(entry) => {
-                                last = entry.is_err();
-                                batch.push(entry);
-                                if last {
-                                    break;
-                                }
                             }
                         }
                     }
-                    if batch.is_empty() || tx.send(batch).is_err() || last {
-                        return;
-                    }
                 }
-            })
-            .expect("spawning the tar-split thread");
+                if batch.is_empty() || tx.send(batch).is_err() || last {
+                    return;
+                }
+            }
+        });
         ParseAhead {
-            rx: Some(rx),
+            batches,
             current: Vec::new().into_iter(),
-            thread: Some(thread),
         }
     }
 }
@@ -75,18 +67,8 @@ impl Iterator for ParseAhead {
             if let Some(entry) = self.current.next() {
                 return Some(entry);
             }
-            let batch = self.rx.as_ref()?.recv().ok()?;
+            let batch = self.batches.recv()?;
             self.current = batch.into_iter();
-        }
-    }
-}
-
-impl Drop for ParseAhead {
-    fn drop(&mut self) {
-        // Closing the channel stops the parser at its next batch.
-        drop(self.rx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

@@ -6,9 +6,10 @@
 
 use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::thread::JoinHandle;
 
 use flate2::read::GzDecoder;
+
+use crate::ahead::Ahead;
 
 /// Bytes inflated per message: large enough that messages cost nothing next to inflating.
 /// The parser's `BufReader` has the same capacity, so it takes one chunk per refill.
@@ -18,30 +19,26 @@ const DEPTH: usize = 4;
 
 /// A `Read` of the inflated stream, fed by a background thread.
 pub struct InflateAhead {
-    rx: Option<Receiver<io::Result<Vec<u8>>>>,
+    chunks: Ahead<io::Result<Vec<u8>>>,
     /// Emptied chunks go back to the thread, so that no chunk is allocated twice.
     recycle: SyncSender<Vec<u8>>,
     current: Vec<u8>,
     pos: usize,
     done: bool,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl InflateAhead {
     pub fn start<R: Read + Send + 'static>(input: R) -> Self {
-        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(DEPTH);
         let (recycle, recycled) = sync_channel::<Vec<u8>>(DEPTH + 2);
-        let thread = std::thread::Builder::new()
-            .name("inflate".into())
-            .spawn(move || inflate(GzDecoder::new(input), tx, recycled))
-            .expect("spawning the inflating thread");
+        let chunks = Ahead::start("inflate", DEPTH, move |tx| {
+            inflate(GzDecoder::new(input), tx, recycled)
+        });
         InflateAhead {
-            rx: Some(rx),
+            chunks,
             recycle,
             current: Vec::new(),
             pos: 0,
             done: false,
-            thread: Some(thread),
         }
     }
 }
@@ -76,7 +73,7 @@ impl Read for InflateAhead {
             if self.done || out.is_empty() {
                 return Ok(0);
             }
-            let Some(next) = self.rx.as_ref().and_then(|rx| rx.recv().ok()) else {
+            let Some(next) = self.chunks.recv() else {
                 self.done = true;
                 return Ok(0);
             };
@@ -89,16 +86,6 @@ impl Read for InflateAhead {
         out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
-    }
-}
-
-impl Drop for InflateAhead {
-    fn drop(&mut self) {
-        // Closing the channel stops the thread at its next chunk.
-        drop(self.rx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
