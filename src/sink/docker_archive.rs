@@ -221,6 +221,14 @@ mod tests {
     use crate::reference::Reference;
     use crate::sink::plan::media_type::OCI_LAYER_TAR;
 
+    fn tar_blob(digest: Digest, size: u64) -> BlobInfo {
+        BlobInfo {
+            digest,
+            size,
+            media_type: OCI_LAYER_TAR,
+        }
+    }
+
     fn layer(diff_id: Digest) -> Layer {
         Layer {
             diff_id,
@@ -245,18 +253,7 @@ mod tests {
             // The same layer twice, as some images have.
             layers: vec![layer(l1), layer(l2), layer(l1)],
         };
-        let blobs = vec![
-            BlobInfo {
-                digest: l1,
-                size: 1024,
-                media_type: OCI_LAYER_TAR,
-            },
-            BlobInfo {
-                digest: l2,
-                size: 2048,
-                media_type: OCI_LAYER_TAR,
-            },
-        ];
+        let blobs = vec![tar_blob(l1, 1024), tar_blob(l2, 2048)];
         let blob_of = HashMap::from([(l1, 0), (l2, 1)]);
         let plan = plan(std::slice::from_ref(&image), blobs, &blob_of);
 
@@ -317,18 +314,7 @@ mod tests {
         } else {
             (Digest::of(b"c2"), Digest::of(b"c1"))
         };
-        let blobs = vec![
-            BlobInfo {
-                digest: b1,
-                size: 10,
-                media_type: OCI_LAYER_TAR,
-            },
-            BlobInfo {
-                digest: b2,
-                size: 20,
-                media_type: OCI_LAYER_TAR,
-            },
-        ];
+        let blobs = vec![tar_blob(b1, 10), tar_blob(b2, 20)];
         let blob_of = HashMap::from([(l1, 0), (l2, 1)]);
         let layout = Layout {
             images: &images,
