@@ -200,8 +200,9 @@ impl Export<'_> {
             sizes,
             engines: self.engines,
         };
-        let blobs = uncompressed_blobs(&self.set.layers, sizes);
-        let plan = docker_archive::plan(&self.set.images, blobs, self.blob_of);
+        let plan = self
+            .layout()
+            .plan(uncompressed_blobs(&self.set.layers, sizes));
         match self.req.format {
             Format::Archive => {
                 let output = self.open_output()?;
@@ -215,10 +216,9 @@ impl Export<'_> {
                 output.commit(len)
             }
             Format::OciDir => oci_dir::write_dir(
+                self.begin_dir()?,
                 &oci_dir::from_docker_plan(plan),
                 &rebuilder,
-                self.output_dir()?,
-                &self.req.data_root,
                 self.req.jobs,
                 &self.progress,
                 || self.confirm(),
@@ -251,10 +251,7 @@ impl Export<'_> {
             jobs: req.jobs,
             progress: &self.progress,
         };
-        let layout = docker_archive::Layout {
-            images: &self.set.images,
-            blob_of: self.blob_of,
-        };
+        let layout = self.layout();
         let result = match req.format {
             Format::Archive => {
                 // Opened first, so that a refused destination costs no compression.
@@ -268,7 +265,7 @@ impl Export<'_> {
             }
             Format::OciDir => {
                 // Checked and created first, so that a refused destination costs no compression.
-                let dir = oci_dir::PartialDir::begin(self.output_dir()?, &req.data_root)?;
+                let dir = self.begin_dir()?;
                 with_compressed_layers(&job, |blobs| {
                     oci_dir::write_dir_incrementally(dir, &layout, blobs, || self.confirm())
                 })
@@ -290,10 +287,18 @@ impl Export<'_> {
         }
     }
 
-    fn output_dir(&self) -> Result<&Path> {
-        match &self.req.output {
-            Some(dir) => Ok(dir),
-            None => bail!("--format oci-dir writes a directory: give it with -o DIR"),
+    /// The OCI layout directory, checked and started under its temporary name.
+    fn begin_dir(&self) -> Result<oci_dir::PartialDir> {
+        let Some(dir) = &self.req.output else {
+            bail!("--format oci-dir writes a directory: give it with -o DIR");
+        };
+        oci_dir::PartialDir::begin(dir, &self.req.data_root)
+    }
+
+    fn layout(&self) -> docker_archive::Layout<'_> {
+        docker_archive::Layout {
+            images: &self.set.images,
+            blob_of: self.blob_of,
         }
     }
 

@@ -69,6 +69,13 @@ pub struct Layout<'a> {
     pub blob_of: &'a HashMap<Digest, usize>,
 }
 
+impl Layout<'_> {
+    /// Lays out the archive as `docker save` does, every blob's size known up front.
+    pub fn plan(&self, blobs: Vec<BlobInfo>) -> Plan {
+        plan_in_order(self.images, blobs, self.blob_of, BlobOrder::ByDigest)
+    }
+}
+
 impl IncrementalPlan for Layout<'_> {
     fn leading(&self) -> Vec<PlanEntry> {
         let last_created = self.images.last().map_or(0, |i| i.created);
@@ -103,12 +110,6 @@ impl IncrementalPlan for Layout<'_> {
     fn complete(&self, blobs: Vec<BlobInfo>) -> Plan {
         plan_in_order(self.images, blobs, self.blob_of, BlobOrder::LayersFirst)
     }
-}
-
-/// Lays out the archive as `docker save` does. `blob_of` maps each layer diff_id to its index
-/// in `blobs`.
-pub fn plan(images: &[Image], blobs: Vec<BlobInfo>, blob_of: &HashMap<Digest, usize>) -> Plan {
-    plan_in_order(images, blobs, blob_of, BlobOrder::ByDigest)
 }
 
 /// Lays out the archive with the layer blobs in `order`.
@@ -255,7 +256,11 @@ mod tests {
         };
         let blobs = vec![tar_blob(l1, 1024), tar_blob(l2, 2048)];
         let blob_of = HashMap::from([(l1, 0), (l2, 1)]);
-        let plan = plan(std::slice::from_ref(&image), blobs, &blob_of);
+        let layout = Layout {
+            images: std::slice::from_ref(&image),
+            blob_of: &blob_of,
+        };
+        let plan = layout.plan(blobs);
 
         let paths: Vec<&str> = plan.entries.iter().map(|e| e.path.as_str()).collect();
         let blob_paths: Vec<&str> = paths

@@ -30,19 +30,16 @@ pub fn from_docker_plan(mut plan: Plan) -> Plan {
     plan
 }
 
-/// Writes `plan` as a directory at `target`, which must not exist or be an empty directory,
-/// producing its blobs `jobs` at a time. `before_commit` runs once everything is written,
-/// before the directory takes its name.
+/// Writes `plan` into `dir`, producing its blobs `jobs` at a time. `before_commit` runs once
+/// everything is written, before the directory takes its name.
 pub fn write_dir(
+    dir: PartialDir,
     plan: &Plan,
     producer: &dyn BlobProducer,
-    target: &Path,
-    forbidden: &Path,
     jobs: usize,
     progress: &Progress,
     before_commit: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
-    let dir = PartialDir::begin(target, forbidden)?;
     dir.write_documents(&plan.entries)?;
     let blobs: Vec<(PathBuf, usize)> = plan
         .entries
