@@ -222,6 +222,18 @@ mod tests {
     use crate::reference::Reference;
     use crate::sink::plan::media_type::OCI_LAYER_TAR;
 
+    /// An image created at a fixed time, tagged `tag`, with these layers.
+    fn image(tag: &str, diff_ids: &[Digest]) -> Image {
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+        Image {
+            id: Digest::of(&config),
+            config,
+            created: 1_700_000_000,
+            tags: vec![Reference::parse(tag).unwrap()],
+            layers: diff_ids.iter().copied().map(layer).collect(),
+        }
+    }
+
     fn tar_blob(digest: Digest, size: u64) -> BlobInfo {
         BlobInfo {
             digest,
@@ -245,15 +257,8 @@ mod tests {
     fn lays_out_like_docker_save() {
         let l1 = Digest::of(b"layer one");
         let l2 = Digest::of(b"layer two");
-        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
-        let image = Image {
-            id: Digest::of(&config),
-            config,
-            created: 1_700_000_000,
-            tags: vec![Reference::parse("app:1.4").unwrap()],
-            // The same layer twice, as some images have.
-            layers: vec![layer(l1), layer(l2), layer(l1)],
-        };
+        // The same layer twice, as some images have.
+        let image = image("app:1.4", &[l1, l2, l1]);
         let blobs = vec![tar_blob(l1, 1024), tar_blob(l2, 2048)];
         let blob_of = HashMap::from([(l1, 0), (l2, 1)]);
         let layout = Layout {
@@ -304,15 +309,7 @@ mod tests {
     #[test]
     fn layers_first_puts_layer_blobs_right_after_the_directories() {
         let (l1, l2) = (Digest::of(b"one"), Digest::of(b"two"));
-        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
-        let image = Image {
-            id: Digest::of(&config),
-            config,
-            created: 1_700_000_000,
-            tags: vec![Reference::parse("app:1").unwrap()],
-            layers: vec![layer(l1), layer(l2)],
-        };
-        let images = [image];
+        let images = [image("app:1", &[l1, l2])];
         // Compressed digests in the opposite of their layer order.
         let (b1, b2) = if Digest::of(b"c1").hex() > Digest::of(b"c2").hex() {
             (Digest::of(b"c1"), Digest::of(b"c2"))
