@@ -3,7 +3,7 @@
 # quiet when everything is already present; apt only runs if something is missing.
 set -euo pipefail
 
-PKGS=(docker.io skopeo umoci podman docker-registry pigz zstd tar-split busybox-static python3 openssl ca-certificates)
+PKGS=(docker.io skopeo umoci podman docker-registry pigz zstd tar-split busybox-static python3 openssl ca-certificates libisal-dev pkg-config)
 
 missing=()
 for cmd in dockerd containerd runc skopeo umoci podman docker-registry pigz zstd tar-split python3 openssl; do
@@ -12,6 +12,8 @@ done
 # Absolute paths: /usr/local/bin/docker may shadow the Debian CLI. Test images copy
 # /bin/busybox into an empty rootfs, so it must be the static build (busybox-static).
 [ -x /usr/bin/docker ] || missing+=(/usr/bin/docker)
+# The ISA-L gzip encoder (cargo feature `isal`) builds against the system library.
+pkg-config --exists libisal 2>/dev/null || missing+=(libisal-dev)
 if ! [ -x /bin/busybox ] || LC_ALL=C ldd /bin/busybox >/dev/null 2>&1; then
 	missing+=("static /bin/busybox")
 fi

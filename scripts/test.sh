@@ -20,8 +20,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Tests run with every optional encoder built in (the ISA-L one needs libisal-dev, installed
+# above); the unit tests also run once without, to check what a default build says.
+features=(--features isal)
+
 # Build first, so the compile does not count against the engines' start-up wait.
-cargo build --all-targets --quiet
+cargo build --all-targets --quiet "${features[@]}"
+cargo test --lib --quiet
 
 echo "test.sh: starting two private Docker engines under $work" >&2
 "$root/scripts/dockerd.sh" start "$work/a" >"$work/a.env"
@@ -58,4 +63,4 @@ export OE_TEST_SECOND_DOCKER_HOST="$second"
 export OE_TEST_EXPECT="$work/expect.json"
 export OE_TEST_REGISTRY="127.0.0.1:$registry_port"
 # Benches are not tests (they run with `cargo bench`), so: library, binaries and tests.
-cargo test --lib --bins --tests "$@"
+cargo test "${features[@]}" --lib --bins --tests "$@"

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use oci_export::cache::{self, BlobCache};
-use oci_export::cli::{Args, CacheAction, Command, Compression};
+use oci_export::cli::{Args, CacheAction, Command, Compression, GzipEncoder};
 use oci_export::compress::{Algorithm, Settings};
 use oci_export::export::{run, CacheChoice, ExportRequest};
 use oci_export::interrupt;
@@ -39,6 +39,9 @@ fn export(args: Args) -> Result<()> {
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    if args.gzip_encoder.is_some() && args.compression != Compression::Gzip {
+        anyhow::bail!("--gzip-encoder needs --compression gzip");
+    }
     let compression = match args.compression {
         Compression::None => {
             if args.level.is_some() {
@@ -47,10 +50,10 @@ fn export(args: Args) -> Result<()> {
             None
         }
         Compression::Gzip | Compression::Zstd => {
-            let algorithm = if args.compression == Compression::Gzip {
-                Algorithm::Gzip
-            } else {
-                Algorithm::Zstd
+            let algorithm = match (args.compression, args.gzip_encoder) {
+                (Compression::Zstd, _) => Algorithm::Zstd,
+                (_, None | Some(GzipEncoder::Zlib)) => Algorithm::Gzip,
+                (_, Some(GzipEncoder::Isal)) => Algorithm::GzipIsal,
             };
             let mut settings = Settings::new(algorithm);
             settings.jobs = jobs;

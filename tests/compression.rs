@@ -69,6 +69,16 @@ fn verify_compressed(members: &BTreeMap<String, Vec<u8>>, want_media_type: &str)
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
+/// The compression options to test, with the media type each must produce: every encoder this
+/// build has.
+fn codecs() -> Vec<(Vec<&'static str>, &'static str)> {
+    let mut all = vec![(vec!["-c", "gzip"], GZIP), (vec!["-c", "zstd"], ZSTD)];
+    if cfg!(feature = "isal") {
+        all.push((vec!["-c", "gzip", "--gzip-encoder", "isal"], GZIP));
+    }
+    all
+}
+
 fn sample_args<'a>(root: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--data-root", root, "-q"];
     args.extend_from_slice(extra);
@@ -79,18 +89,15 @@ fn sample_args<'a>(root: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 fn compressed_sample_layers_decompress_to_their_diff_ids_whatever_the_jobs() {
     let root = sample_root();
     let root = root.to_str().unwrap();
-    for (alg, media) in [("gzip", GZIP), ("zstd", ZSTD)] {
-        let one = run_ok(&sample_args(
-            root,
-            &["-c", alg, "--no-cache", "-j", "1", "sample"],
-        ))
-        .stdout;
-        let two = run_ok(&sample_args(
-            root,
-            &["-c", alg, "--no-cache", "-j", "2", "sample"],
-        ))
-        .stdout;
-        assert!(one == two, "{alg}: --jobs 1 and --jobs 2 differ");
+    for (codec, media) in codecs() {
+        let export = |jobs: &str| {
+            let mut extra = codec.clone();
+            extra.extend(["--no-cache", "-j", jobs, "sample"]);
+            run_ok(&sample_args(root, &extra)).stdout
+        };
+        let one = export("1");
+        let two = export("2");
+        assert!(one == two, "{codec:?}: --jobs 1 and --jobs 2 differ");
         let members = read_archive(&one);
         let ids = verify_compressed(&members, media);
         let expected_id = std::fs::read_to_string(sample_root().join("EXPECTED")).unwrap();
@@ -159,6 +166,55 @@ fn the_cache_is_reused_and_a_tampered_entry_is_rebuilt() {
 }
 
 #[test]
+fn the_gzip_encoder_needs_gzip_and_isal_needs_an_isal_build() {
+    let root = sample_root();
+    let root = root.to_str().unwrap();
+    let out = run(&sample_args(
+        root,
+        &["-c", "zstd", "--gzip-encoder", "isal", "sample"],
+    ));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--gzip-encoder needs"));
+    let out = run(&sample_args(
+        root,
+        &[
+            "-c",
+            "gzip",
+            "--gzip-encoder",
+            "isal",
+            "--level",
+            "4",
+            "sample",
+        ],
+    ));
+    assert!(!out.status.success(), "ISA-L has no level 4");
+    let isal = run(&sample_args(
+        root,
+        &[
+            "-c",
+            "gzip",
+            "--gzip-encoder",
+            "isal",
+            "--no-cache",
+            "sample",
+        ],
+    ));
+    if cfg!(feature = "isal") {
+        assert!(isal.status.success());
+        let zlib = run_ok(&sample_args(root, &["-c", "gzip", "--no-cache", "sample"]));
+        assert!(
+            isal.stdout != zlib.stdout,
+            "each encoder writes its own blobs"
+        );
+    } else {
+        assert!(!isal.status.success());
+        assert!(isal.stdout.is_empty());
+        let err = String::from_utf8_lossy(&isal.stderr);
+        assert!(err.contains("without the ISA-L gzip encoder"), "{err}");
+    }
+}
+
+#[test]
 fn level_without_compression_is_refused() {
     let root = sample_root();
     let out = run(&sample_args(
@@ -194,34 +250,30 @@ fn gzip_archives_load_into_a_real_engine_with_the_same_ids() {
         "oe-test/load-pax:latest",
         "oe-test/load-dup-layer:latest",
     ];
-    let mut args = vec![
-        "--data-root",
-        engine.data_root.to_str().unwrap(),
-        "-c",
-        "gzip",
-        "--no-cache",
-        "-o",
-        archive.to_str().unwrap(),
-    ];
-    args.extend_from_slice(&tags);
-    run_ok(&args);
-    verify_compressed(&read_archive(&std::fs::read(&archive).unwrap()), GZIP);
-    for tag in tags {
-        let _ = Command::new("/usr/bin/docker")
-            .env("DOCKER_HOST", &engine.second_host)
-            .args(["rmi", "-f", tag])
-            .output();
-    }
-    docker(
-        &engine.second_host,
-        &["load", "-i", archive.to_str().unwrap()],
-    );
-    for tag in tags {
-        assert_eq!(
-            image_id(&engine.second_host, tag),
-            engine.images[tag].id.to_string(),
-            "{tag}"
+    for (codec, media) in codecs().into_iter().filter(|c| c.1 == GZIP) {
+        let mut args = vec!["--data-root", engine.data_root.to_str().unwrap()];
+        args.extend(codec.iter().copied());
+        args.extend(["--no-cache", "-o", archive.to_str().unwrap()]);
+        args.extend_from_slice(&tags);
+        run_ok(&args);
+        verify_compressed(&read_archive(&std::fs::read(&archive).unwrap()), media);
+        for tag in tags {
+            let _ = Command::new("/usr/bin/docker")
+                .env("DOCKER_HOST", &engine.second_host)
+                .args(["rmi", "-f", tag])
+                .output();
+        }
+        docker(
+            &engine.second_host,
+            &["load", "-i", archive.to_str().unwrap()],
         );
+        for tag in tags {
+            assert_eq!(
+                image_id(&engine.second_host, tag),
+                engine.images[tag].id.to_string(),
+                "{codec:?}: {tag}"
+            );
+        }
     }
 }
 

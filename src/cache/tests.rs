@@ -332,3 +332,21 @@ fn a_blob_committed_under_a_wrong_digest_is_never_handed_out() {
     }
     assert!(matches!(cache.get(&k).unwrap(), Lookup::Miss));
 }
+
+#[test]
+fn each_encoder_of_a_format_has_its_own_entries() {
+    let diff_id = Digest::of(b"layer");
+    let stems: std::collections::BTreeSet<String> = Algorithm::ALL
+        .into_iter()
+        .map(|algorithm| {
+            Key {
+                diff_id,
+                algorithm,
+                level: 1,
+            }
+            .stem()
+        })
+        .collect();
+    assert_eq!(stems.len(), Algorithm::ALL.len(), "{stems:?}");
+    assert!(stems.contains(&format!("{}-gzip-isal-1", diff_id.hex())));
+}

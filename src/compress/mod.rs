@@ -32,28 +32,37 @@ pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+
 /// OCI media type of a zstd-compressed layer.
 pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
-/// A layer compression algorithm.
+/// A layer compression algorithm, together with the encoder that writes it.
+///
+/// Two encoders of one format write different (equally valid) bytes, so the encoder is part of
+/// a blob's identity just like the level: each is its own `Algorithm` here, with its own cache
+/// entries, while sharing the format's media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Algorithm {
+    /// gzip written by zlib-rs.
     Gzip,
     Zstd,
+    /// gzip written by ISA-L's igzip: faster, with its own levels 0..=3. Only builds with the
+    /// `isal` cargo feature can write it.
+    GzipIsal,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 2] = [Algorithm::Gzip, Algorithm::Zstd];
+    pub const ALL: [Algorithm; 3] = [Algorithm::Gzip, Algorithm::Zstd, Algorithm::GzipIsal];
 
-    /// The lowercase name used on the command line and in cache keys.
+    /// The name used in cache keys and listings.
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Gzip => "gzip",
             Algorithm::Zstd => "zstd",
+            Algorithm::GzipIsal => "gzip-isal",
         }
     }
 
     /// The OCI layer media type of a blob compressed with this algorithm.
     pub fn media_type(self) -> &'static str {
         match self {
-            Algorithm::Gzip => MEDIA_TYPE_LAYER_GZIP,
+            Algorithm::Gzip | Algorithm::GzipIsal => MEDIA_TYPE_LAYER_GZIP,
             Algorithm::Zstd => MEDIA_TYPE_LAYER_ZSTD,
         }
     }
@@ -66,7 +75,13 @@ impl Algorithm {
         match self {
             Algorithm::Gzip => 1..=9,
             Algorithm::Zstd => 1..=22,
+            Algorithm::GzipIsal => 0..=3,
         }
+    }
+
+    /// Whether this build can compress with this algorithm.
+    pub fn is_available(self) -> bool {
+        self != Algorithm::GzipIsal || cfg!(feature = "isal")
     }
 }
 
@@ -82,7 +97,7 @@ impl fmt::Display for Algorithm {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown compression algorithm {0:?}: expected gzip or zstd")]
+#[error("unknown compression algorithm {0:?}: expected gzip, zstd or gzip-isal")]
 pub struct UnknownAlgorithm(pub String);
 
 impl FromStr for Algorithm {
@@ -92,6 +107,7 @@ impl FromStr for Algorithm {
         match s {
             "gzip" => Ok(Algorithm::Gzip),
             "zstd" => Ok(Algorithm::Zstd),
+            "gzip-isal" => Ok(Algorithm::GzipIsal),
             _ => Err(UnknownAlgorithm(s.to_string())),
         }
     }
@@ -152,11 +168,18 @@ impl Settings {
         match algorithm {
             Algorithm::Gzip => 6,
             Algorithm::Zstd => 3,
+            Algorithm::GzipIsal => 1,
         }
     }
 
     /// Checks the level against the algorithm and that there is at least one job.
     pub fn validate(&self) -> Result<()> {
+        if !self.algorithm.is_available() {
+            bail!(
+                "this oci-export was built without the ISA-L gzip encoder \
+                 (build with `cargo build --release --features isal`, which needs libisal-dev)"
+            );
+        }
         let levels = self.algorithm.levels();
         if !levels.contains(&self.level) {
             bail!(
@@ -207,10 +230,19 @@ impl<'a> Compressor<'a> {
         settings.validate()?;
         let out = HashingWriter::new(out);
         let inner = match settings.algorithm {
-            Algorithm::Gzip => Inner::Gzip(
-                gzip::GzipWriter::new(out, settings.level, settings.jobs)
-                    .context("starting gzip compression")?,
-            ),
+            Algorithm::Gzip | Algorithm::GzipIsal => {
+                // Levels were validated above, so they are non-negative.
+                let level = settings.level.unsigned_abs();
+                let encoder = if settings.algorithm == Algorithm::Gzip {
+                    gzip::Encoder::Zlib(level)
+                } else {
+                    gzip::Encoder::Isal(level)
+                };
+                Inner::Gzip(
+                    gzip::GzipWriter::new(out, encoder, settings.jobs)
+                        .context("starting gzip compression")?,
+                )
+            }
             Algorithm::Zstd => Inner::Zstd(
                 zstd::ZstdWriter::new(out, settings.level, settings.jobs)
                     .context("starting zstd compression")?,

@@ -27,9 +27,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crc_fast::CrcAlgorithm::Crc32IsoHdlc;
-use flate2::{Compress, Compression, FlushCompress, Status};
 
 use super::{blob_of, CompressedBlob, HashingWriter};
+
+#[cfg(feature = "isal")]
+mod isal;
+mod zlib;
 
 /// Uncompressed bytes per block. 128 KiB, as pigz: in the benchmark 1 MiB blocks were no faster
 /// and even compressed slightly worse (fewer chances to adapt the Huffman tables), while small
@@ -61,6 +64,70 @@ struct Done {
     data: Vec<u8>,
 }
 
+/// Which deflate implementation compresses the blocks.
+///
+/// The encoder is part of a blob's identity, like the level: zlib-rs and ISA-L write different
+/// (equally valid) streams for the same input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Encoder {
+    /// zlib-rs, levels 1..=9: available in every build.
+    Zlib(u32),
+    /// ISA-L's igzip, levels 0..=3: 2-3× faster, only in builds with the `isal` feature.
+    Isal(u32),
+}
+
+impl Encoder {
+    /// A compressor for one worker thread.
+    fn block_compressor(self) -> io::Result<Box<dyn DeflateBlocks>> {
+        match self {
+            Encoder::Zlib(level) => Ok(Box::new(zlib::ZlibBlocks::new(level)?)),
+            #[cfg(feature = "isal")]
+            Encoder::Isal(level) => Ok(Box::new(isal::IsalBlocks::new(level)?)),
+            #[cfg(not(feature = "isal"))]
+            Encoder::Isal(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this oci-export was built without the ISA-L encoder (cargo feature `isal`)",
+            )),
+        }
+    }
+
+    /// The gzip header's XFL byte: 2 = best compression, 4 = fastest (RFC 1952), set as gzip,
+    /// pigz and Go set it for zlib's levels; ISA-L is always the fast kind.
+    fn extra_flags(self) -> u8 {
+        match self {
+            Encoder::Zlib(9) => 2,
+            Encoder::Zlib(1) | Encoder::Isal(_) => 4,
+            Encoder::Zlib(_) => 0,
+        }
+    }
+}
+
+/// Compresses single blocks as raw deflate, each primed with the previous block's tail.
+///
+/// The contract that keeps gzip output deterministic: the bytes written for a block depend on
+/// `(data, dict, last)` and the encoder's level alone — not on what the compressor did before
+/// (workers take blocks in whatever order the scheduler gives them), and not on the capacity
+/// `out` arrives with (buffers are recycled).
+trait DeflateBlocks: Send {
+    /// Compresses `data` into `out` (replacing its contents): primed with `dict`, ended with a
+    /// sync flush (an empty stored block, so the next block starts byte-aligned), or ending
+    /// the deflate stream when `last`.
+    fn compress(
+        &mut self,
+        data: &[u8],
+        dict: &[u8],
+        last: bool,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()>;
+}
+
+/// Room for any block's compressed form: deflate's worst case is about 5 bytes per 16 KiB
+/// stored, plus the block header and the flush marker. A function of the length alone, so
+/// that output-buffer size can never steer an encoder.
+fn room_for(len: usize) -> usize {
+    len + len / 8 + 1024
+}
+
 pub(super) struct GzipWriter<'a> {
     out: HashingWriter<'a>,
     /// The block being filled.
@@ -82,23 +149,25 @@ pub(super) struct GzipWriter<'a> {
 }
 
 impl<'a> GzipWriter<'a> {
-    pub(super) fn new(mut out: HashingWriter<'a>, level: i32, jobs: usize) -> io::Result<Self> {
-        let level = u32::try_from(level)
-            .ok()
-            .filter(|l| (1..=9).contains(l))
-            .ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, "gzip level not in 1..=9")
-            })?;
-        out.write_all(&header(level))?;
+    pub(super) fn new(
+        mut out: HashingWriter<'a>,
+        encoder: Encoder,
+        jobs: usize,
+    ) -> io::Result<Self> {
         let jobs = jobs.max(1);
+        // Every worker's compressor first, so a bad level or a missing encoder fails here.
+        let compressors = (0..jobs)
+            .map(|_| encoder.block_compressor())
+            .collect::<io::Result<Vec<_>>>()?;
+        out.write_all(&header(encoder.extra_flags()))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let mut workers = Vec::with_capacity(jobs);
-        for i in 0..jobs {
+        for (i, blocks) in compressors.into_iter().enumerate() {
             let rx = Arc::clone(&rx);
             let handle = std::thread::Builder::new()
                 .name(format!("gzip-{i}"))
-                .spawn(move || worker(&rx, Compression::new(level)))?;
+                .spawn(move || worker(&rx, blocks))?;
             workers.push(handle);
         }
         Ok(GzipWriter {
@@ -241,8 +310,7 @@ fn worker_died() -> io::Error {
 }
 
 /// A worker: takes blocks from the shared queue until it closes.
-fn worker(jobs: &Mutex<Receiver<Job>>, level: Compression) {
-    let mut blocks = BlockCompressor::new(level);
+fn worker(jobs: &Mutex<Receiver<Job>>, mut blocks: Box<dyn DeflateBlocks>) {
     loop {
         let job = {
             let Ok(queue) = jobs.lock() else { return };
@@ -263,84 +331,44 @@ fn worker(jobs: &Mutex<Receiver<Job>>, level: Compression) {
     }
 }
 
-/// Compresses single blocks as raw deflate.
-///
-/// Each block gets a **new** deflate state. Reusing one through `reset` is faster to set up,
-/// but with a preset dictionary the output then depends on what the state compressed before
-/// (stale window bytes leak into the dictionary's hash chains), so it would depend on which
-/// worker got which block — that is, on scheduling. A new state costs about 300 KB of
-/// zeroing, a few percent of a block's compression at level 1 and noise at level 6.
-struct BlockCompressor {
-    level: Compression,
-}
-
-impl BlockCompressor {
-    fn new(level: Compression) -> Self {
-        BlockCompressor { level }
-    }
-
-    /// Compresses `data` into `out`: primed with `dict`, ended with a sync flush, or as the
-    /// end of the stream when `last`.
-    ///
-    /// Deflate runs in one call with room for the whole result. Resuming a flush after running
-    /// out of output space can add an empty stored block, and whether that happens would
-    /// depend on the capacity of the (recycled) output buffer; instead, a block that does not
-    /// fit is simply compressed again from scratch with more room.
-    fn compress(
-        &mut self,
-        data: &[u8],
-        dict: &[u8],
-        last: bool,
-        out: &mut Vec<u8>,
-    ) -> io::Result<()> {
-        let flush = if last {
-            FlushCompress::Finish
-        } else {
-            FlushCompress::Sync
-        };
-        // Deflate's worst case is about 5 bytes per 16 KiB stored, plus the flush marker.
-        let mut room = data.len() + data.len() / 8 + 1024;
-        loop {
-            let mut deflate = Compress::new(self.level, false);
-            if !dict.is_empty() {
-                deflate
-                    .set_dictionary(dict)
-                    .map_err(|e| io::Error::other(format!("deflate dictionary: {e}")))?;
-            }
-            out.clear();
-            out.reserve(room);
-            let status = deflate
-                .compress_vec(data, out, flush)
-                .map_err(|e| io::Error::other(format!("deflate: {e}")))?;
-            let all_in = deflate.total_in() == data.len() as u64;
-            let complete = match status {
-                Status::StreamEnd => true,
-                // A sync flush is complete once deflate stopped short of filling the output.
-                _ => !last && all_in && out.len() < out.capacity(),
-            };
-            if complete {
-                return Ok(());
-            }
-            room *= 2;
-        }
-    }
-}
-
 /// The fixed 10-byte gzip header: no name, no comment, mtime 0, OS "unknown" (255), as Go's
-/// `compress/gzip` writes it, so the bytes do not depend on the machine or the time.
-fn header(level: u32) -> [u8; 10] {
-    // XFL: 2 = best compression, 4 = fastest (RFC 1952), as gzip, pigz and Go set it.
-    let xfl = match level {
-        9 => 2,
-        1 => 4,
-        _ => 0,
-    };
+/// `compress/gzip` writes it, so the bytes do not depend on the machine or the time. `xfl` is
+/// the encoder's "extra flags" byte.
+fn header(xfl: u8) -> [u8; 10] {
     [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every encoder this build has, at the levels worth checking.
+    fn encoders() -> Vec<Encoder> {
+        let mut all = vec![Encoder::Zlib(1), Encoder::Zlib(6), Encoder::Zlib(9)];
+        if cfg!(feature = "isal") {
+            all.extend([0, 1, 2, 3].map(Encoder::Isal));
+        }
+        all
+    }
+
+    fn compressor(encoder: Encoder) -> Box<dyn DeflateBlocks> {
+        encoder.block_compressor().unwrap()
+    }
+
+    /// Machine code: the kind of data that exposed state leaking between reused deflate states.
+    fn executable_bytes(limit: usize) -> Vec<u8> {
+        let mut data = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        data.truncate(limit);
+        data
+    }
+
+    /// The dictionary block `i` of `blocks` gets: the last `DICT_SIZE` bytes of the one before.
+    fn dict_of<'a>(blocks: &[&'a [u8]], i: usize) -> &'a [u8] {
+        match i.checked_sub(1) {
+            None => &[],
+            Some(prev) => &blocks[prev][blocks[prev].len().saturating_sub(DICT_SIZE)..],
+        }
+    }
 
     #[test]
     fn streamed_crc_matches_one_pass() {
@@ -357,9 +385,28 @@ mod tests {
 
     #[test]
     fn header_is_fixed() {
-        assert_eq!(header(6), [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
-        assert_eq!(header(1)[8], 4);
-        assert_eq!(header(9)[8], 2);
+        assert_eq!(
+            header(Encoder::Zlib(6).extra_flags()),
+            [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]
+        );
+        assert_eq!(Encoder::Zlib(1).extra_flags(), 4);
+        assert_eq!(Encoder::Zlib(9).extra_flags(), 2);
+        assert_eq!(Encoder::Isal(3).extra_flags(), 4);
+    }
+
+    #[test]
+    fn bad_levels_are_refused() {
+        for encoder in [Encoder::Zlib(0), Encoder::Zlib(10), Encoder::Isal(4)] {
+            assert!(encoder.block_compressor().is_err(), "{encoder:?}");
+        }
+    }
+
+    #[cfg(not(feature = "isal"))]
+    #[test]
+    fn a_build_without_isal_says_so() {
+        let err = Encoder::Isal(1).block_compressor().err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        assert!(err.to_string().contains("`isal`"), "{err}");
     }
 
     #[test]
@@ -368,29 +415,31 @@ mod tests {
         let data: Vec<u8> = (0..3 * 50_000u32)
             .flat_map(|i| format!("line {} of a file\n", i % 977).into_bytes())
             .collect();
-        let mut blocks_out = BlockCompressor::new(Compression::new(6));
-        let mut stream = Vec::new();
-        let mut out = Vec::new();
         let blocks: Vec<&[u8]> = data.chunks(BLOCK_SIZE).collect();
-        for (i, block) in blocks.iter().enumerate() {
-            let dict = if i == 0 {
-                &[][..]
-            } else {
-                let prev = blocks[i - 1];
-                &prev[prev.len() - DICT_SIZE..]
-            };
-            blocks_out
-                .compress(block, dict, i + 1 == blocks.len(), &mut out)
-                .unwrap();
-            stream.extend_from_slice(&out);
+        for encoder in encoders() {
+            let mut compressor = compressor(encoder);
+            let mut stream = Vec::new();
+            let mut out = Vec::new();
+            for (i, block) in blocks.iter().enumerate() {
+                compressor
+                    .compress(block, dict_of(&blocks, i), i + 1 == blocks.len(), &mut out)
+                    .unwrap();
+                stream.extend_from_slice(&out);
+            }
+            let mut back = Vec::new();
+            io::copy(
+                &mut flate2::read::DeflateDecoder::new(&stream[..]),
+                &mut back,
+            )
+            .unwrap();
+            assert!(back == data, "{encoder:?}");
+            // The dictionary must actually be used: the stream is far smaller than the input.
+            assert!(
+                stream.len() * 10 < data.len(),
+                "{encoder:?}: {}",
+                stream.len()
+            );
         }
-        let mut back = Vec::new();
-        io::copy(
-            &mut flate2::read::DeflateDecoder::new(&stream[..]),
-            &mut back,
-        )
-        .unwrap();
-        assert!(back == data);
     }
 
     #[test]
@@ -404,52 +453,43 @@ mod tests {
                 x as u8
             })
             .collect();
-        let mut blocks = BlockCompressor::new(Compression::new(9));
-        for last in [false, true] {
-            let mut out = Vec::new();
-            blocks.compress(&data, &[], last, &mut out).unwrap();
-            assert!(out.len() > data.len());
-            if !last {
-                assert_eq!(
-                    &out[out.len() - 4..],
-                    &[0, 0, 0xff, 0xff],
-                    "sync flush marker"
-                );
+        for encoder in encoders() {
+            let mut compressor = compressor(encoder);
+            for last in [false, true] {
+                let mut out = Vec::new();
+                compressor.compress(&data, &[], last, &mut out).unwrap();
+                assert!(out.len() > data.len(), "{encoder:?}");
+                if !last {
+                    assert_eq!(
+                        &out[out.len() - 4..],
+                        &[0, 0, 0xff, 0xff],
+                        "{encoder:?}: sync flush marker"
+                    );
+                }
             }
         }
-    }
-
-    /// Machine code: the kind of data that exposed state leaking between reused deflate states.
-    fn executable_bytes(limit: usize) -> Vec<u8> {
-        let mut data = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        data.truncate(limit);
-        data
     }
 
     #[test]
     fn a_block_compresses_the_same_whatever_came_before() {
         let data = executable_bytes(48 * BLOCK_SIZE);
         let blocks: Vec<&[u8]> = data.chunks(BLOCK_SIZE).collect();
-        let dict = |i: usize| -> &[u8] {
-            if i == 0 {
-                &[]
-            } else {
-                &blocks[i - 1][BLOCK_SIZE - DICT_SIZE..]
-            }
-        };
-        for level in [1, 6, 9] {
-            let mut forward = BlockCompressor::new(Compression::new(level));
-            let mut backward = BlockCompressor::new(Compression::new(level));
-            let mut a = Vec::new();
-            let mut b = Vec::new();
+        for encoder in encoders() {
+            let mut forward = compressor(encoder);
+            let mut backward = compressor(encoder);
+            let mut out = Vec::new();
             let mut from_forward = Vec::new();
             for (i, block) in blocks.iter().enumerate() {
-                forward.compress(block, dict(i), false, &mut a).unwrap();
-                from_forward.push(a.clone());
+                forward
+                    .compress(block, dict_of(&blocks, i), false, &mut out)
+                    .unwrap();
+                from_forward.push(out.clone());
             }
             for (i, block) in blocks.iter().enumerate().rev() {
-                backward.compress(block, dict(i), false, &mut b).unwrap();
-                assert!(b == from_forward[i], "level {level}, block {i}");
+                backward
+                    .compress(block, dict_of(&blocks, i), false, &mut out)
+                    .unwrap();
+                assert!(out == from_forward[i], "{encoder:?}, block {i}");
             }
         }
     }
@@ -458,18 +498,24 @@ mod tests {
     fn output_buffer_capacity_does_not_change_a_block() {
         let data = executable_bytes(24 * BLOCK_SIZE);
         let blocks: Vec<&[u8]> = data.chunks(BLOCK_SIZE).collect();
-        let mut compressor = BlockCompressor::new(Compression::new(6));
-        for (i, block) in blocks.iter().enumerate().skip(1) {
-            let dict = &blocks[i - 1][BLOCK_SIZE - DICT_SIZE..];
-            let mut reference = Vec::new();
-            compressor
-                .compress(block, dict, false, &mut reference)
-                .unwrap();
-            // Recycled buffers come with any capacity, including one the result exactly fills.
-            for capacity in [0, reference.len() - 1, reference.len(), reference.len() + 1] {
-                let mut out = Vec::with_capacity(capacity);
-                compressor.compress(block, dict, false, &mut out).unwrap();
-                assert!(out == reference, "block {i}, capacity {capacity}");
+        for encoder in encoders() {
+            let mut compressor = compressor(encoder);
+            for (i, block) in blocks.iter().enumerate().skip(1) {
+                let dict = dict_of(&blocks, i);
+                let mut reference = Vec::new();
+                compressor
+                    .compress(block, dict, false, &mut reference)
+                    .unwrap();
+                // Recycled buffers come with any capacity, including one the result exactly
+                // fills.
+                for capacity in [0, reference.len() - 1, reference.len(), reference.len() + 1] {
+                    let mut out = Vec::with_capacity(capacity);
+                    compressor.compress(block, dict, false, &mut out).unwrap();
+                    assert!(
+                        out == reference,
+                        "{encoder:?}, block {i}, capacity {capacity}"
+                    );
+                }
             }
         }
     }
