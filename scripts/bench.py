@@ -207,6 +207,7 @@ def compress_bench(args, oe, image, facts, cores):
     def run(key, cmd, cleanup):
         wall, _, cpu = timed(cmd, cpu=True)
         r[key], r[key + "_cpu"] = wall, cpu
+        r[key + "_size"] = output_size(out_file, layout)
         cleanup()
 
     rm_out = remove(out_file)
@@ -214,6 +215,8 @@ def compress_bench(args, oe, image, facts, cores):
     for alg in ("gzip", "zstd"):
         run(f"oe_{alg}", oe + ["-c", alg, "--no-cache", image, "-o", out_file], rm_out)
     run("oe_gzip1", oe + ["-c", "gzip", "--level", "1", "--no-cache", image, "-o", out_file], rm_out)
+    run("oe_isal", oe + ["-c", "gzip", "--gzip-encoder", "isal", "--no-cache", image, "-o", out_file],
+        rm_out)
     # A warm blob cache: the second export only reads the cached blobs.
     run("oe_zstd_first", oe + ["-c", "zstd", "--cache-dir", cache, image, "-o", out_file], rm_out)
     run("oe_zstd_cached", oe + ["-c", "zstd", "--cache-dir", cache, image, "-o", out_file], rm_out)
@@ -238,36 +241,53 @@ def compress_bench(args, oe, image, facts, cores):
     return r
 
 
+def output_size(out_file, layout):
+    """Bytes a route wrote: its archive, or its OCI layout directory; None if neither."""
+    if os.path.exists(out_file):
+        return os.path.getsize(out_file)
+    if os.path.isdir(layout):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(layout) for f in fs)
+    return None
+
+
 def compress_markdown(rows, cores):
     lines = [
         f"Compressed exports, warm page cache, one run each; {cores} cores. Seconds, and MB/s of "
-        "uncompressed input. \"per core\" divides by the CPU time oci-export used.",
+        "uncompressed input. \"per core\" divides by the CPU time oci-export used; \"output\" is "
+        "the archive (or layout) written, in MB.",
         "",
-        "| image | route | seconds | MB/s | MB/s per core | oci-export speed-up |",
-        "|---|---|---:|---:|---:|---:|",
+        "| image | route | seconds | MB/s | MB/s per core | output | oci-export speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mb = r["bytes"] / 1e6
+        def size(key):
+            out = r.get(key + "_size")
+            return f"{out / 1e6:.0f}" if out else "–"
         def row(label, key, versus=None, per_core=True):
             t = r[key]
             pc = f"{mb / r[key + '_cpu']:.0f}" if per_core else "–"
             speed = f"**{r[versus] / t:.1f}×**" if versus else ""
-            lines.append(f"| {r['image']} | {label} | {t:.2f} | {mb / t:.0f} | {pc} | {speed} |")
+            lines.append(f"| {r['image']} | {label} | {t:.2f} | {mb / t:.0f} | {pc} | {size(key)} | {speed} |")
+        def oe_row(label, key, speed):
+            lines.append(f"| {r['image']} | {label} | {r[key]:.2f} | {mb / r[key]:.0f} "
+                         f"| {mb / r[key + '_cpu']:.0f} | {size(key)} | {speed} |")
+        def versus(key, route, name):
+            return f"**{r[route] / r[key]:.1f}×** vs {name}"
         row("`skopeo copy docker-daemon: oci:` (gzip)", "skopeo_gzip", per_core=False)
         row("`docker save \\| pigz`", "docker_pigz", per_core=False)
         row("`docker save \\| zstd -T0 -3`", "docker_zstd", per_core=False)
         row("`zstd -T0 -3` alone on the layer tar (the codec's ceiling)", "zstd_alone", per_core=False)
         row("`igzip -1` (ISA-L, one core) alone on the layer tar", "igzip_alone", per_core=False)
-        lines.append(f"| {r['image']} | oci-export `-c gzip` | {r['oe_gzip']:.2f} | {mb / r['oe_gzip']:.0f} "
-                     f"| {mb / r['oe_gzip_cpu']:.0f} | **{r['skopeo_gzip'] / r['oe_gzip']:.1f}×** vs skopeo, "
-                     f"**{r['docker_pigz'] / r['oe_gzip']:.1f}×** vs pigz |")
-        lines.append(f"| {r['image']} | oci-export `-c gzip --level 1` | {r['oe_gzip1']:.2f} | {mb / r['oe_gzip1']:.0f} "
-                     f"| {mb / r['oe_gzip1_cpu']:.0f} | **{r['skopeo_gzip'] / r['oe_gzip1']:.1f}×** vs skopeo |")
-        lines.append(f"| {r['image']} | oci-export `-c zstd` (level 3) | {r['oe_zstd']:.2f} | {mb / r['oe_zstd']:.0f} "
-                     f"| {mb / r['oe_zstd_cpu']:.0f} | **{r['docker_zstd'] / r['oe_zstd']:.1f}×** vs zstd |")
-        lines.append(f"| {r['image']} | oci-export `-c zstd`, blob cache warm | {r['oe_zstd_cached']:.2f} "
-                     f"| {mb / r['oe_zstd_cached']:.0f} | {mb / r['oe_zstd_cached_cpu']:.0f} "
-                     f"| **{r['docker_zstd'] / r['oe_zstd_cached']:.1f}×** vs zstd |")
+        oe_row("oci-export `-c gzip`", "oe_gzip", versus("oe_gzip", "skopeo_gzip", "skopeo")
+               + ", " + versus("oe_gzip", "docker_pigz", "pigz"))
+        oe_row("oci-export `-c gzip --level 1`", "oe_gzip1", versus("oe_gzip1", "skopeo_gzip", "skopeo"))
+        if "oe_isal" in r:
+            oe_row("oci-export `-c gzip --gzip-encoder isal` (level 1)", "oe_isal",
+                   versus("oe_isal", "skopeo_gzip", "skopeo") + ", " + versus("oe_isal", "docker_pigz", "pigz"))
+        oe_row("oci-export `-c zstd` (level 3)", "oe_zstd", versus("oe_zstd", "docker_zstd", "zstd"))
+        oe_row("oci-export `-c zstd`, blob cache warm", "oe_zstd_cached",
+               versus("oe_zstd_cached", "docker_zstd", "zstd"))
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,8 @@ scale=${OE_BENCH_SCALE:-full}
 "$root/scripts/install-deps.sh"
 # The benchmark alone also times ISA-L's igzip, as the reference for a faster deflate.
 command -v igzip >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq isal >/dev/null
-cargo build --release --quiet
+# With the optional ISA-L gzip encoder (install-deps.sh installed libisal-dev).
+cargo build --release --quiet --features isal
 
 scratch=$(mktemp -d "${OE_BENCH_DIR:-/var/tmp}/oe-bench.XXXXXX")
 engine=$(mktemp -d /tmp/oe.XXXXXX)
