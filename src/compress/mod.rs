@@ -9,7 +9,8 @@
 //! the blob digest — depend only on the input bytes: not on `jobs`, not on how the input was cut
 //! into `write` calls, not on `flush` calls. Registries and caches key on that digest, so a
 //! re-export on a machine with a different core count must produce the same blob.
-//! - gzip cuts the input into fixed-size blocks whatever the thread count (see `gzip`).
+//! - gzip cuts the input into fixed-size blocks whatever the thread count (see `gzip`); each of
+//!   its two encoders (zlib-rs, ISA-L) is a separate [`Algorithm`], since their bytes differ.
 //! - zstd always runs libzstd's multithreaded mode, whose output is the same for any number of
 //!   workers ≥ 1 but differs from its single-thread mode (see `zstd`).
 

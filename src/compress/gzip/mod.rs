@@ -9,6 +9,9 @@
 //! thread computes over the blocks as they come back, in order (the SIMD CRC runs at many GB/s,
 //! far cheaper than combining per-block CRCs, which cost ~100 µs per block).
 //!
+//! The deflate itself is an [`Encoder`]'s: zlib-rs in every build (`zlib`), or ISA-L's igzip
+//! in builds with the `isal` feature (`isal`). The framing here is the same for both.
+//!
 //! Worker threads compress blocks; the caller's thread buffers input, hands blocks out and
 //! writes results in order. At most `2 × jobs` blocks are in flight, so memory stays bounded
 //! however fast the input arrives.
