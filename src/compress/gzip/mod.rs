@@ -75,7 +75,7 @@ struct Done {
 pub(super) enum Encoder {
     /// zlib-rs, levels 1..=9: available in every build.
     Zlib(u32),
-    /// ISA-L's igzip, levels 0..=3: 2-3× faster, only in builds with the `isal` feature.
+    /// ISA-L's igzip, levels 0..=3: much faster, only in builds with the `isal` feature.
     Isal(u32),
 }
 
