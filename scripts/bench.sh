@@ -2,7 +2,7 @@
 # The benchmark: oci-export against `docker save` and against the SHA-256 floor, side by side on
 # the same images in one run. Run as root (private dockerd, dropping the page cache).
 #
-#   sudo scripts/bench.sh                 # full run (~10 GB of scratch space, about 18 minutes)
+#   sudo scripts/bench.sh                 # full run (~10 GB of scratch space, about 19 minutes)
 #   sudo OE_BENCH_SCALE=small scripts/bench.sh   # a quick smoke run on small images
 #
 # Results: benches/results.md (a Markdown table the README includes), benches/results.json,
