@@ -225,25 +225,24 @@ enum Inner<'a> {
     Zstd(zstd::ZstdWriter<'a>),
 }
 
+impl<'a> Inner<'a> {
+    fn gzip(out: HashingWriter<'a>, encoder: gzip::Encoder, jobs: usize) -> Result<Self> {
+        let writer =
+            gzip::GzipWriter::new(out, encoder, jobs).context("starting gzip compression")?;
+        Ok(Inner::Gzip(writer))
+    }
+}
+
 impl<'a> Compressor<'a> {
     /// Starts a compressed stream into `out`. The gzip header is written at once.
     pub fn new(settings: &Settings, out: &'a mut dyn Write) -> Result<Self> {
         settings.validate()?;
         let out = HashingWriter::new(out);
+        // Levels were validated above, so they are non-negative.
+        let level = settings.level.unsigned_abs();
         let inner = match settings.algorithm {
-            Algorithm::Gzip | Algorithm::GzipIsal => {
-                // Levels were validated above, so they are non-negative.
-                let level = settings.level.unsigned_abs();
-                let encoder = if settings.algorithm == Algorithm::Gzip {
-                    gzip::Encoder::Zlib(level)
-                } else {
-                    gzip::Encoder::Isal(level)
-                };
-                Inner::Gzip(
-                    gzip::GzipWriter::new(out, encoder, settings.jobs)
-                        .context("starting gzip compression")?,
-                )
-            }
+            Algorithm::Gzip => Inner::gzip(out, gzip::Encoder::Zlib(level), settings.jobs)?,
+            Algorithm::GzipIsal => Inner::gzip(out, gzip::Encoder::Isal(level), settings.jobs)?,
             Algorithm::Zstd => Inner::Zstd(
                 zstd::ZstdWriter::new(out, settings.level, settings.jobs)
                     .context("starting zstd compression")?,

@@ -10,7 +10,7 @@ use std::ffi::c_int;
 use std::io;
 use std::ptr::NonNull;
 
-use super::{room_for, DeflateBlocks};
+use super::DeflateBlocks;
 
 /// `struct oe_isal` from the shim: an igzip stream and its level buffer.
 #[repr(C)]
@@ -63,47 +63,44 @@ impl IsalBlocks {
 }
 
 impl DeflateBlocks for IsalBlocks {
-    /// The output room is a function of the block's length alone (never of `out`'s recycled
-    /// capacity), so whether igzip ever has to stop for space cannot depend on scheduling; a
-    /// block that did not fit is compressed again from scratch with more room.
-    fn compress(
+    /// igzip gets exactly `room` bytes (never `out`'s recycled capacity), so whether it ever
+    /// has to stop for space cannot depend on scheduling.
+    fn try_compress(
         &mut self,
         data: &[u8],
         dict: &[u8],
         last: bool,
+        room: usize,
         out: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "block too large for igzip");
         let data_len = u32::try_from(data.len()).map_err(|_| too_big())?;
         let dict_len = u32::try_from(dict.len()).map_err(|_| too_big())?;
-        let mut room = room_for(data.len());
-        loop {
-            let room_u32 = u32::try_from(room).map_err(|_| too_big())?;
-            out.clear();
-            out.reserve(room);
-            // SAFETY: the pointers and lengths describe live slices; `out` has at least `room`
-            // bytes of capacity, of which the shim writes at most `room` and reports how many.
-            let written = unsafe {
-                oe_isal_deflate_block(
-                    self.raw.as_ptr(),
-                    dict.as_ptr(),
-                    dict_len,
-                    data.as_ptr(),
-                    data_len,
-                    c_int::from(last),
-                    out.as_mut_ptr(),
-                    room_u32,
-                )
-            };
-            match written {
-                OUT_TOO_SMALL => room *= 2,
-                n if n >= 0 && n as usize <= room => {
-                    // SAFETY: the shim initialised exactly `n` bytes, within the capacity.
-                    unsafe { out.set_len(n as usize) };
-                    return Ok(());
-                }
-                _ => return Err(io::Error::other("ISA-L deflate failed")),
+        let room_u32 = u32::try_from(room).map_err(|_| too_big())?;
+        out.clear();
+        out.reserve(room);
+        // SAFETY: the pointers and lengths describe live slices; `out` has at least `room`
+        // bytes of capacity, of which the shim writes at most `room` and reports how many.
+        let written = unsafe {
+            oe_isal_deflate_block(
+                self.raw.as_ptr(),
+                dict.as_ptr(),
+                dict_len,
+                data.as_ptr(),
+                data_len,
+                c_int::from(last),
+                out.as_mut_ptr(),
+                room_u32,
+            )
+        };
+        match written {
+            OUT_TOO_SMALL => Ok(false),
+            n if n >= 0 && n as usize <= room => {
+                // SAFETY: the shim initialised exactly `n` bytes, within the capacity.
+                unsafe { out.set_len(n as usize) };
+                Ok(true)
             }
+            _ => Err(io::Error::other("ISA-L deflate failed")),
         }
     }
 }

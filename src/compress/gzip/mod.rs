@@ -112,23 +112,40 @@ impl Encoder {
 /// (workers take blocks in whatever order the scheduler gives them), and not on the capacity
 /// `out` arrives with (buffers are recycled).
 trait DeflateBlocks: Send {
-    /// Compresses `data` into `out` (replacing its contents): primed with `dict`, ended with a
-    /// sync flush (an empty stored block, so the next block starts byte-aligned), or ending
-    /// the deflate stream when `last`.
+    /// One attempt at compressing `data` into `out` (replacing its contents) with `room` bytes
+    /// of output space: primed with `dict`, ended with a sync flush (an empty stored block, so
+    /// the next block starts byte-aligned), or ending the deflate stream when `last`. Returns
+    /// whether the whole block fit; if not, `out` holds nothing worth keeping.
+    fn try_compress(
+        &mut self,
+        data: &[u8],
+        dict: &[u8],
+        last: bool,
+        room: usize,
+        out: &mut Vec<u8>,
+    ) -> io::Result<bool>;
+
+    /// Compresses one block in a single deflate call with room for the whole result.
+    ///
+    /// Resuming a deflate after running out of output space can change its bytes (zlib adds
+    /// an empty stored block to a resumed flush), and whether that happens would depend on
+    /// the capacity of the recycled output buffer. So a block that does not fit is compressed
+    /// again from scratch with twice the room; the first room is a function of the block's
+    /// length alone (deflate's worst case is about 5 bytes per 16 KiB stored, plus the block
+    /// header and the flush marker), and almost every block fits it.
     fn compress(
         &mut self,
         data: &[u8],
         dict: &[u8],
         last: bool,
         out: &mut Vec<u8>,
-    ) -> io::Result<()>;
-}
-
-/// Room for any block's compressed form: deflate's worst case is about 5 bytes per 16 KiB
-/// stored, plus the block header and the flush marker. A function of the length alone, so
-/// that output-buffer size can never steer an encoder.
-fn room_for(len: usize) -> usize {
-    len + len / 8 + 1024
+    ) -> io::Result<()> {
+        let mut room = data.len() + data.len() / 8 + 1024;
+        while !self.try_compress(data, dict, last, room, out)? {
+            room *= 2;
+        }
+        Ok(())
+    }
 }
 
 pub(super) struct GzipWriter<'a> {

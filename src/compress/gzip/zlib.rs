@@ -4,7 +4,7 @@ use std::io;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 
-use super::{room_for, DeflateBlocks};
+use super::DeflateBlocks;
 
 /// Compresses single blocks as raw deflate with zlib-rs.
 ///
@@ -32,45 +32,35 @@ impl ZlibBlocks {
 }
 
 impl DeflateBlocks for ZlibBlocks {
-    /// Deflate runs in one call with room for the whole result. Resuming a flush after running
-    /// out of output space can add an empty stored block, and whether that happens would
-    /// depend on the capacity of the (recycled) output buffer; instead, a block that does not
-    /// fit is simply compressed again from scratch with more room.
-    fn compress(
+    fn try_compress(
         &mut self,
         data: &[u8],
         dict: &[u8],
         last: bool,
+        room: usize,
         out: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let flush = if last {
             FlushCompress::Finish
         } else {
             FlushCompress::Sync
         };
-        let mut room = room_for(data.len());
-        loop {
-            let mut deflate = Compress::new(self.level, false);
-            if !dict.is_empty() {
-                deflate
-                    .set_dictionary(dict)
-                    .map_err(|e| io::Error::other(format!("deflate dictionary: {e}")))?;
-            }
-            out.clear();
-            out.reserve(room);
-            let status = deflate
-                .compress_vec(data, out, flush)
-                .map_err(|e| io::Error::other(format!("deflate: {e}")))?;
-            let all_in = deflate.total_in() == data.len() as u64;
-            let complete = match status {
-                Status::StreamEnd => true,
-                // A sync flush is complete once deflate stopped short of filling the output.
-                _ => !last && all_in && out.len() < out.capacity(),
-            };
-            if complete {
-                return Ok(());
-            }
-            room *= 2;
+        let mut deflate = Compress::new(self.level, false);
+        if !dict.is_empty() {
+            deflate
+                .set_dictionary(dict)
+                .map_err(|e| io::Error::other(format!("deflate dictionary: {e}")))?;
         }
+        out.clear();
+        out.reserve(room);
+        let status = deflate
+            .compress_vec(data, out, flush)
+            .map_err(|e| io::Error::other(format!("deflate: {e}")))?;
+        let all_in = deflate.total_in() == data.len() as u64;
+        Ok(match status {
+            Status::StreamEnd => true,
+            // A sync flush is complete once deflate stopped short of filling the output.
+            _ => !last && all_in && out.len() < out.capacity(),
+        })
     }
 }
