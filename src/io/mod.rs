@@ -99,3 +99,6 @@ impl EngineFactory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::{anyhow, bail, Result};
 use io_uring::{opcode, types, IoUring};
@@ -77,6 +77,9 @@ pub struct UringEngine {
     how_without_noatime: Box<types::OpenHow>,
     /// Read buffers for reuse, up to CHUNK bytes (the byte budget needs no more than it holds).
     buffers: BufferPool,
+    /// Whether this kernel knows `RESOLVE_CACHED` (5.12+), which the synchronous fast-path
+    /// open needs; older ones refuse the flag, and every open then goes through the ring.
+    cached_opens: bool,
 }
 
 impl UringEngine {
@@ -94,7 +97,21 @@ impl UringEngine {
             how,
             how_without_noatime,
             buffers: BufferPool::new(CHUNK, MAX_BYTES_AHEAD),
+            cached_opens: kernel_knows_resolve_cached(),
         })
+    }
+}
+
+/// Whether `openat2` accepts `RESOLVE_CACHED` here (unknown resolve flags are EINVAL).
+fn kernel_knows_resolve_cached() -> bool {
+    // SAFETY: open_how is a plain C struct; all-zero is a valid value we then fill in.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_CACHED;
+    let root = CString::new("/").expect("no NUL");
+    match openat2(libc::AT_FDCWD, &root, &how) {
+        Ok(_) => true,
+        Err(e) => e.raw_os_error() != Some(libc::EINVAL),
     }
 }
 
@@ -156,8 +173,10 @@ fn open_sqe(how: &types::OpenHow, dir_fd: i32, name: &CString) -> io_uring::sque
 }
 
 fn user_data(item: u64, chunk: u64, op: u64) -> u64 {
-    // item number: 32 bits; chunk number (file offset / CHUNK, modulo 2^24): 24 bits; op: 8 bits.
-    (item << 32) | ((chunk & 0xff_ffff) << 8) | op
+    // item number (modulo 2^32): 32 bits; chunk number (file offset / CHUNK, modulo 2^24):
+    // 24 bits; op: 8 bits. Far fewer than 2^32 items are ever queued at once, so the item
+    // number modulo 2^32 still identifies one (see `position_of`).
+    ((item & 0xffff_ffff) << 32) | ((chunk & 0xff_ffff) << 8) | op
 }
 
 /// Checks a freshly opened member and prepares it for reading.
@@ -196,8 +215,12 @@ impl ReadEngine for UringEngine {
             completions: Vec::new(),
         };
         let result = replay.run(dir, entries, sink);
-        // Never free a buffer the kernel may still write into.
+        // Never free a buffer the kernel may still write into: if the ring cannot be drained,
+        // the queue's buffers and names are leaked rather than freed.
         let drained = replay.drain();
+        if drained.is_err() {
+            std::mem::forget(std::mem::take(&mut replay.queue));
+        }
         result.and(drained)
     }
 }
@@ -219,7 +242,12 @@ impl Replay<'_> {
                 match entries.next() {
                     None => exhausted = true,
                     Some(entry) => match entry? {
-                        Entry::Segment(bytes) => self.queue.push_back(Item::Segment(bytes)),
+                        Entry::Segment(bytes) => {
+                            // Counted too: a big file at the head followed by a million
+                            // directory entries must not queue all their headers.
+                            self.bytes_ahead += bytes.len();
+                            self.queue.push_back(Item::Segment(bytes));
+                        }
                         Entry::File(f) if f.size == 0 => {}
                         Entry::File(f) => self.enqueue_file(dir, f)?,
                     },
@@ -236,7 +264,7 @@ impl Replay<'_> {
             //    the head is deliverable or more look-ahead is allowed after delivery).
             let want = usize::from(self.in_flight > 0);
             if self.pending_sqes > 0 || want > 0 {
-                self.engine.ring.submit_and_wait(want)?;
+                submit_and_wait(&self.engine.ring, want)?;
                 self.pending_sqes = 0;
             }
             self.reap()?;
@@ -250,6 +278,9 @@ impl Replay<'_> {
         // RESOLVE_CACHED costs less than handing the open to io_uring, which would run it on a
         // worker thread. Only lookups that would touch the disk go through the ring.
         let file = loop {
+            if !self.engine.cached_opens {
+                break None;
+            }
             let mut cached_how = member_open_how();
             cached_how.resolve |= libc::RESOLVE_CACHED;
             match openat2(dir.fd().as_raw_fd(), &name, &cached_how) {
@@ -390,12 +421,13 @@ impl Replay<'_> {
     }
 
     fn handle_completions(&mut self, completions: &[(u64, i32)]) -> Result<()> {
+        // The whole batch has left the ring, even if handling stops at an error part-way:
+        // `drain` must not wait for completions that were already taken.
+        self.in_flight -= completions.len();
         for &(data, result) in completions {
-            self.in_flight -= 1;
             let op = data & 0xff;
-            let item_no = data >> 32;
             let abs_chunk = (data >> 8) & 0xff_ffff;
-            let pos = (item_no - self.popped) as usize;
+            let pos = ((data >> 32).wrapping_sub(self.popped) & 0xffff_ffff) as usize;
             let Some(Item::File(state)) = self.queue.get_mut(pos) else {
                 bail!("io_uring completion for an unknown item");
             };
@@ -429,6 +461,17 @@ impl Replay<'_> {
                     let idx = (abs_chunk.wrapping_sub(base) & 0xff_ffff) as usize;
                     let chunk = &mut state.chunks[idx];
                     chunk.in_flight = false;
+                    if result == -libc::EAGAIN {
+                        // Kernels before 5.10 or so return EAGAIN to io_uring reads of an
+                        // O_NONBLOCK file whose pages are not cached (the flag is only there
+                        // for the open, against FIFOs): drop it and read again, blocking.
+                        let fd = state.file.as_ref().expect("read implies open").as_raw_fd();
+                        clear_nonblock(fd).map_err(|e| {
+                            anyhow!("file {:?}: fcntl failed: {e}", state.entry.display_name())
+                        })?;
+                        self.submit_chunk(pos, idx, fd)?;
+                        continue;
+                    }
                     if result < 0 {
                         let e = std::io::Error::from_raw_os_error(-result);
                         bail!("file {:?}: read failed: {e}", state.entry.display_name());
@@ -456,7 +499,10 @@ impl Replay<'_> {
     fn deliver(&mut self, sink: &mut dyn ReplaySink) -> Result<()> {
         while let Some(head) = self.queue.front_mut() {
             match head {
-                Item::Segment(bytes) => sink.segment(bytes)?,
+                Item::Segment(bytes) => {
+                    sink.segment(bytes)?;
+                    self.bytes_ahead -= bytes.len();
+                }
                 Item::File(state) => {
                     while let Some(chunk) = state.chunks.front() {
                         if chunk.in_flight || chunk.filled < chunk.len {
@@ -481,13 +527,40 @@ impl Replay<'_> {
         Ok(())
     }
 
-    /// Waits until the kernel holds no pointer into our memory.
+    /// Waits until the kernel holds no pointer into our memory, closing the files of opens
+    /// that completed unseen.
     fn drain(&mut self) -> Result<()> {
         while self.in_flight > 0 {
-            self.engine.ring.submit_and_wait(1)?;
-            let n = self.engine.ring.completion().count();
-            self.in_flight -= n;
+            submit_and_wait(&self.engine.ring, 1)?;
+            for cqe in self.engine.ring.completion() {
+                self.in_flight -= 1;
+                if cqe.user_data() & 0xff == OP_OPEN && cqe.result() >= 0 {
+                    // SAFETY: a descriptor the kernel opened for us and nobody else holds.
+                    drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// Clears O_NONBLOCK on an open member (a regular file, checked at open).
+fn clear_nonblock(fd: i32) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `io_uring_enter` until at least `want` completions are ready, resumed after signals
+/// (a stopped and continued process gets EINTR here even with no handler installed).
+fn submit_and_wait(ring: &IoUring, want: usize) -> std::io::Result<usize> {
+    loop {
+        match ring.submit_and_wait(want) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
     }
 }

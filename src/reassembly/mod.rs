@@ -66,13 +66,17 @@ pub fn measure_layer(layer: &Layer) -> Result<LayerMeasure> {
         .next_size()
         .with_context(|| format!("{}: tar-split is invalid", layer.origin))?
     {
-        match size {
-            EntrySize::Segment(len) => measure.tar_size += len,
+        let len = match size {
+            EntrySize::Segment(len) => len,
             EntrySize::File(len) => {
-                measure.tar_size += len;
                 measure.files += u64::from(len > 0);
+                len
             }
-        }
+        };
+        measure.tar_size = measure
+            .tar_size
+            .checked_add(len)
+            .with_context(|| format!("{}: tar-split is invalid: sizes overflow", layer.origin))?;
     }
     Ok(measure)
 }
