@@ -330,7 +330,7 @@ def markdown(results, cores):
     lines = [
         f"Warm page cache, best of runs; {cores} cores. Times in seconds; MB/s of uncompressed image.",
         "",
-        "| image | size | layers | files | `docker save` → file | oci-export → file | speed-up | oci-export → /dev/null (pipe) | floor (SHA-256, all cores) | oci-export / floor | floor's speed-up | files/s | peak RSS |",
+        "| image | size | layers | files | `docker save` → file | oci-export → file | speed-up | oci-export → stdout (/dev/null) | floor (SHA-256, all cores) | oci-export / floor | floor's speed-up | files/s | peak RSS |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:

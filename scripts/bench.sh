@@ -14,8 +14,9 @@ cd "$root"
 scale=${OE_BENCH_SCALE:-full}
 
 "$root/scripts/install-deps.sh"
+. "$root/scripts/toolchain.sh"
 # The benchmark alone also times ISA-L's igzip, as the reference for a faster deflate.
-command -v igzip >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq isal >/dev/null
+command -v igzip >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq isal >/dev/null; }
 # With the optional ISA-L gzip encoder (install-deps.sh installed libisal-dev).
 cargo build --release --quiet --features isal
 
@@ -24,6 +25,7 @@ engine=$(mktemp -d /tmp/oe.XXXXXX)
 cleanup() {
 	"$root/scripts/dockerd.sh" stop "$engine" >/dev/null 2>&1 || true
 	rm -rf "$engine" "$scratch"
+	return_build_dir
 }
 trap cleanup EXIT
 

@@ -10,6 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 "$root/scripts/install-deps.sh"
+. "$root/scripts/toolchain.sh"
 
 work=$(mktemp -d /tmp/oe.XXXXXX)
 cleanup() {
@@ -17,8 +18,12 @@ cleanup() {
 	"$root/scripts/dockerd.sh" stop "$work/a" >/dev/null 2>&1 || true
 	"$root/scripts/dockerd.sh" stop "$work/b" >/dev/null 2>&1 || true
 	rm -rf "$work"
+	return_build_dir
 }
 trap cleanup EXIT
+# Interrupted or timed out: still stop the engines (the EXIT trap runs on `exit`).
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Tests run with every optional encoder built in (the ISA-L one needs libisal-dev, installed
 # above); the unit tests also run once without, to check what a default build says.
