@@ -1,6 +1,8 @@
 //! Scratch directories: temporary space outside the engine's data root, removed when dropped
 //! and on SIGINT/SIGTERM/SIGHUP, unless moved into place as the finished output.
 
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -28,7 +30,9 @@ impl ScratchDir {
         // Registered before it exists, so a signal right after its creation cannot leave it
         // behind.
         interrupt::register(&path);
-        if let Err(e) = std::fs::create_dir(&path) {
+        // Private to the owner: it holds layer contents, which can hold secrets, and it may
+        // become the finished output (an OCI layout directory).
+        if let Err(e) = DirBuilder::new().mode(0o700).create(&path) {
             interrupt::unregister(&path);
             return Err(e).with_context(|| format!("cannot create {}", path.display()));
         }

@@ -258,6 +258,80 @@ fn signals_mid_export_leave_no_temporary_file() {
     }
 }
 
+/// Sends `signal` once the export has started writing to its stdout, redirected (`>`, or `>>`
+/// if `append`) to a file holding `prefix`, and checks that the file is cut back to `prefix`.
+/// Returns false if the export finished before the signal could reach it mid-way.
+fn interrupt_redirected_export(s: &Sample, signal: Signal, prefix: &[u8], append: bool) -> bool {
+    let path = s.tmp.path().join("stdout.tar");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data-root")
+        .arg(&s.root)
+        .arg(IMAGE)
+        .stdin(Stdio::null())
+        .stdout(redirection(&path, prefix, append))
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    let mut sent = false;
+    while start.elapsed() < RUN_TIMEOUT {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if fs::metadata(&path).unwrap().len() > prefix.len() as u64 {
+            kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+            sent = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let outcome = wait_with_timeout(child, RUN_TIMEOUT);
+    if !sent || outcome.ok() {
+        assert!(outcome.ok(), "{}", outcome.stderr);
+        return false;
+    }
+    let what = format!("{signal}, append={append}");
+    assert_eq!(
+        outcome.status.code(),
+        Some(128 + signal as i32),
+        "[{what}] {}",
+        outcome.stderr
+    );
+    assert!(outcome.stderr.contains("interrupted"), "{}", outcome.stderr);
+    let left = fs::read(&path).unwrap();
+    assert!(
+        left == prefix,
+        "[{what}] {} bytes left, {} before",
+        left.len(),
+        prefix.len()
+    );
+    true
+}
+
+#[test]
+fn signals_mid_export_cut_redirected_stdout_back() {
+    // `oci-export sample > image.tar`, then Ctrl-C: the signal ends the process without running
+    // any destructor, so the cleanup has to cut the file back itself. Written at offsets (`>`),
+    // the file is at nearly full length from the start; appended to (`>>`), it grows.
+    let mut size = 16 << 20;
+    let mut s = sample_with_big_member(size);
+    let cases: [(Signal, &[u8], bool); 4] = [
+        (Signal::SIGINT, b"", false),
+        (Signal::SIGTERM, b"earlier content, kept\n", false),
+        (Signal::SIGHUP, b"", false),
+        (Signal::SIGINT, b"earlier content, kept\n", true),
+    ];
+    for (signal, prefix, append) in cases {
+        while !s.unchanged_by(|| interrupt_redirected_export(&s, signal, prefix, append)) {
+            size *= 2;
+            assert!(
+                size <= 256 << 20,
+                "the export never ran long enough to interrupt"
+            );
+            s = sample_with_big_member(size);
+        }
+    }
+}
+
 // ---- stdout is a regular file -------------------------------------------------------------
 
 #[test]
@@ -487,4 +561,200 @@ fn a_refused_layout_directory_costs_no_compression() {
         cached, 0,
         "layers were compressed for a refused destination"
     );
+}
+
+// ---- what the output looks like to others --------------------------------------------------
+
+/// `oci-export ARGS --data-root ROOT IMAGE -o TARGET` under the usual umask (022), which would
+/// leave a file created 0644 readable by everyone.
+fn export_under_common_umask(s: &Sample, args: &[&str], target: &Path) -> Outcome {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("--data-root")
+        .arg(&s.root)
+        .args([IMAGE, "-o"])
+        .arg(target);
+    // SAFETY: umask is async-signal-safe and touches nothing but the child's own mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    forge::run(cmd)
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Every path under `dir` (itself included) with its mode.
+fn modes_under(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let mut found = vec![(dir.to_path_buf(), mode(dir))];
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(modes_under(&path));
+        } else {
+            found.push((path.clone(), mode(&path)));
+        }
+    }
+    found
+}
+
+#[test]
+fn output_is_private_to_its_owner() {
+    // Layers can hold secrets and the export runs as root: only the owner may read the result.
+    let s = Sample::new();
+    for compression in [&[][..], &["-c", "zstd", "--no-cache"]] {
+        let archive = s.out_dir.join("image.tar");
+        let outcome = export_under_common_umask(&s, compression, &archive);
+        assert!(outcome.ok(), "{}", outcome.stderr);
+        assert_eq!(mode(&archive), 0o600, "{compression:?}");
+        fs::remove_file(&archive).unwrap();
+
+        let layout = s.out_dir.join("layout");
+        let args = [compression, &["--format", "oci-dir"]].concat();
+        let outcome = export_under_common_umask(&s, &args, &layout);
+        assert!(outcome.ok(), "{}", outcome.stderr);
+        let modes = modes_under(&layout);
+        assert!(modes
+            .iter()
+            .any(|(p, _)| p.starts_with(layout.join("blobs/sha256"))));
+        for (path, mode) in modes {
+            let want = if path.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{compression:?} {}", path.display());
+        }
+        fs::remove_dir_all(&layout).unwrap();
+    }
+}
+
+// ---- destinations refused before any work ---------------------------------------------------
+
+/// Damages the top layer's tar-split, so that any pass over the layers fails: an error about the
+/// destination then shows that it was checked first.
+fn damage_top_tar_split(s: &Sample) {
+    let path = s.tar_split_path(s.top());
+    let gz = fs::read(&path).unwrap();
+    fs::write(&path, &gz[..gz.len() / 2]).unwrap();
+}
+
+/// `oci-export ARGS --data-root ROOT IMAGE` run from `cwd`, stdout to a pipe.
+fn export_from(s: &Sample, cwd: &Path, args: &[&std::ffi::OsStr]) -> Outcome {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(cwd)
+        .arg("--data-root")
+        .arg(&s.root)
+        .arg(IMAGE)
+        .args(args);
+    forge::run(cmd)
+}
+
+#[test]
+fn unusable_destinations_are_refused_before_any_layer_is_read() {
+    let s = Sample::new();
+    damage_top_tar_split(&s);
+    let empty = s.out_dir.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let full = s.out_dir.join("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("someone-elses"), b"keep").unwrap();
+    let link = s.out_dir.join("link");
+    symlink(&empty, &link).unwrap();
+    let file = s.out_dir.join("file");
+    fs::write(&file, b"keep").unwrap();
+    let before = s.out_dir_names();
+
+    let oci_dir = ["--format", "oci-dir"];
+    let cases: Vec<(&Path, Vec<&str>, Vec<&str>)> = vec![
+        (&s.out_dir, oci_dir.to_vec(), vec!["give it with -o DIR"]),
+        (
+            &s.out_dir,
+            [&oci_dir[..], &["-o", "full"]].concat(),
+            vec!["not empty"],
+        ),
+        (
+            &s.out_dir,
+            [&oci_dir[..], &["-o", "file"]].concat(),
+            vec!["not a directory"],
+        ),
+        (
+            &s.out_dir,
+            [&oci_dir[..], &["-o", "link"]].concat(),
+            vec!["symbolic link"],
+        ),
+        (
+            &empty,
+            [&oci_dir[..], &["-o", "."]].concat(),
+            vec!["current directory"],
+        ),
+        (
+            &empty,
+            [&oci_dir[..], &["-o", ".."]].concat(),
+            vec!["current directory or a parent"],
+        ),
+        (
+            &empty,
+            [&oci_dir[..], &["-o", "./"]].concat(),
+            vec!["current directory"],
+        ),
+        (
+            &s.root,
+            [&oci_dir[..], &["-o", "x"]].concat(),
+            vec!["refusing to write", "inside"],
+        ),
+        (
+            &s.root,
+            vec!["-o", "x.tar"],
+            vec!["refusing to write", "inside"],
+        ),
+        (&s.out_dir, vec!["-o", "full"], vec!["is a directory"]),
+    ];
+    for (cwd, args, expect) in &cases {
+        for compression in [&[][..], &["-c", "zstd", "--no-cache"]] {
+            let args: Vec<&std::ffi::OsStr> = [compression, &args[..]]
+                .concat()
+                .into_iter()
+                .map(std::ffi::OsStr::new)
+                .collect();
+            let what = format!("{args:?} in {}", cwd.display());
+            let outcome = s.unchanged_by(|| export_from(&s, cwd, &args));
+            assert_failed_with(&outcome, expect, &what);
+            assert!(
+                !outcome.stderr.contains("tar-split"),
+                "[{what}] {}",
+                outcome.stderr
+            );
+            assert_eq!(s.out_dir_names(), before, "[{what}]");
+            assert_eq!(fs::read_dir(&empty).unwrap().count(), 0, "[{what}]");
+        }
+    }
+    assert_eq!(fs::read(full.join("someone-elses")).unwrap(), b"keep");
+    assert_eq!(fs::read(&file).unwrap(), b"keep");
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn a_mount_point_is_refused_as_a_layout_directory() {
+    // The finished layout replaces its (empty) target by a rename, which a mount point refuses.
+    let Some(tiny) = TinyFs::mount() else { return };
+    let s = Sample::new();
+    for compression in [&[][..], &["-c", "zstd", "--no-cache"]] {
+        let args = [compression, &["--format", "oci-dir"]].concat();
+        let outcome = s.unchanged_by(|| export_under_common_umask(&s, &args, tiny.path()));
+        assert_failed_with(&outcome, &["mount point"], &format!("{compression:?}"));
+        assert_eq!(tiny.names(), Vec::<String>::new());
+        let parent = tiny.path().parent().unwrap();
+        let partial = fs::read_dir(parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".oci-export-partial"))
+            .count();
+        assert_eq!(partial, 0, "a temporary directory was left behind");
+    }
 }

@@ -136,6 +136,9 @@ pub fn run(req: &ExportRequest) -> Result<()> {
     let mut set = ExportSet::resolve(&store, &req.images)?;
     // What the store held, for the final check that it still does.
     let stored = set.images.clone();
+    // Before any work on the layers (regenerating, measuring, compressing): a destination that
+    // is refused costs nothing, and until committed, dropping it leaves nothing behind.
+    let destination = Destination::open(req)?;
     let mut regenerated = None;
     set.regenerate_missing(req.regenerate_missing, &mut regenerated, &req.data_root)?;
     let blob_of: HashMap<Digest, usize> = set
@@ -158,12 +161,44 @@ pub fn run(req: &ExportRequest) -> Result<()> {
         // Uncompressed output needs every layer's size before its first byte.
         None => {
             let sizes = measure_all(&set.layers, req.jobs)?;
-            export.reporting(Some(sizes.iter().sum()), || export.uncompressed(&sizes))
+            export.reporting(Some(sizes.iter().sum()), || {
+                export.uncompressed(destination, &sizes)
+            })
         }
         // Compressed layers are measured only when they have to be made: a cache hit needs no
         // pass over tar-split. Their total is not known up front, so progress shows bytes
         // processed and a rate.
-        Some(settings) => export.reporting(None, || export.compressed(settings)),
+        Some(settings) => export.reporting(None, || export.compressed(settings, destination)),
+    }
+}
+
+/// Where the export goes, checked and opened before any layer is read.
+enum Destination {
+    Archive(Output),
+    /// An OCI layout directory, started under its temporary name.
+    Dir(oci_dir::PartialDir),
+}
+
+impl Destination {
+    fn open(req: &ExportRequest) -> Result<Self> {
+        match req.format {
+            Format::Archive => {
+                let output = match &req.output {
+                    Some(path) => Output::file(path, &req.data_root)?,
+                    None => Output::stdout()?,
+                };
+                Ok(Destination::Archive(output))
+            }
+            Format::OciDir => {
+                let Some(dir) = &req.output else {
+                    bail!("--format oci-dir writes a directory: give it with -o DIR");
+                };
+                Ok(Destination::Dir(oci_dir::PartialDir::begin(
+                    dir,
+                    &req.data_root,
+                )?))
+            }
+        }
     }
 }
 
@@ -194,7 +229,7 @@ impl Export<'_> {
 
     /// Uncompressed layers stream straight from reassembly: each one's digest is its diff_id
     /// and its size was measured, so the whole output is planned before the first byte.
-    fn uncompressed(&self, sizes: &[u64]) -> Result<()> {
+    fn uncompressed(&self, destination: Destination, sizes: &[u64]) -> Result<()> {
         let rebuilder = Rebuilder {
             layers: &self.set.layers,
             sizes,
@@ -203,9 +238,8 @@ impl Export<'_> {
         let plan = self
             .layout()
             .plan(uncompressed_blobs(&self.set.layers, sizes));
-        match self.req.format {
-            Format::Archive => {
-                let output = self.open_output()?;
+        match destination {
+            Destination::Archive(output) => {
                 let opts = WriteOptions {
                     file: output.file_handle(),
                     positional_base: output.positional_base(),
@@ -215,8 +249,8 @@ impl Export<'_> {
                 let len = write_archive(&plan, &rebuilder, &opts, &|| self.confirm())?;
                 output.commit(len)
             }
-            Format::OciDir => oci_dir::write_dir(
-                self.begin_dir()?,
+            Destination::Dir(dir) => oci_dir::write_dir(
+                dir,
                 &oci_dir::from_docker_plan(plan),
                 &rebuilder,
                 self.req.jobs,
@@ -228,7 +262,7 @@ impl Export<'_> {
 
     /// Compressed layers are known only once compressed, so they are made in the background
     /// (into the blob cache) and written out in layer order as each is finished.
-    fn compressed(&self, settings: &Settings) -> Result<()> {
+    fn compressed(&self, settings: &Settings, destination: Destination) -> Result<()> {
         let req = self.req;
         let mut _no_cache_dir = None;
         let cache = match &req.cache {
@@ -252,24 +286,14 @@ impl Export<'_> {
             progress: &self.progress,
         };
         let layout = self.layout();
-        let result = match req.format {
-            Format::Archive => {
-                // Opened first, so that a refused destination costs no compression.
-                let output = self.open_output()?;
-                with_compressed_layers(&job, |blobs| {
-                    incremental::write_archive(&layout, blobs, output.file_handle(), &|| {
-                        self.confirm()
-                    })
-                })
-                .and_then(|len| output.commit(len))
-            }
-            Format::OciDir => {
-                // Checked and created first, so that a refused destination costs no compression.
-                let dir = self.begin_dir()?;
-                with_compressed_layers(&job, |blobs| {
-                    oci_dir::write_dir_incrementally(dir, &layout, blobs, || self.confirm())
-                })
-            }
+        let result = match destination {
+            Destination::Archive(output) => with_compressed_layers(&job, |blobs| {
+                incremental::write_archive(&layout, blobs, output.file_handle(), &|| self.confirm())
+            })
+            .and_then(|len| output.commit(len)),
+            Destination::Dir(dir) => with_compressed_layers(&job, |blobs| {
+                oci_dir::write_dir_incrementally(dir, &layout, blobs, || self.confirm())
+            }),
         };
         if let CacheChoice::Dir(_) = req.cache {
             // Keep the cache bounded; a failure here must not fail the export.
@@ -278,21 +302,6 @@ impl Export<'_> {
             }
         }
         result
-    }
-
-    fn open_output(&self) -> Result<Output> {
-        match &self.req.output {
-            Some(path) => Output::file(path, &self.req.data_root),
-            None => Output::stdout(),
-        }
-    }
-
-    /// The OCI layout directory, checked and started under its temporary name.
-    fn begin_dir(&self) -> Result<oci_dir::PartialDir> {
-        let Some(dir) = &self.req.output else {
-            bail!("--format oci-dir writes a directory: give it with -o DIR");
-        };
-        oci_dir::PartialDir::begin(dir, &self.req.data_root)
     }
 
     fn layout(&self) -> docker_archive::Layout<'_> {

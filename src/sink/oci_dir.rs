@@ -5,9 +5,10 @@
 //! `repositories`), written as files. The directory is assembled under a temporary name beside
 //! the target and renamed into place when complete.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -85,21 +86,14 @@ pub struct PartialDir {
 }
 
 impl PartialDir {
-    /// Checks `target` (it must not exist, or be an empty directory, and must not lie inside
-    /// `forbidden`) and creates the temporary directory beside it.
+    /// Checks `target` (it must not exist, or be an empty directory that is not a mount point;
+    /// it must not be a symlink, `.` or `..`, nor lie inside `forbidden`) and creates the
+    /// temporary directory beside it.
     pub fn begin(target: &Path, forbidden: &Path) -> Result<Self> {
+        refuse_dot_name(target)?;
         let target = absolute(target)?;
         refuse_inside(&target, forbidden)?;
-        if let Ok(mut entries) = std::fs::read_dir(&target) {
-            if entries.next().is_some() {
-                bail!(
-                    "{} exists and is not empty; refusing to mix layouts",
-                    target.display()
-                );
-            }
-        } else if target.exists() {
-            bail!("{} exists and is not a directory", target.display());
-        }
+        check_replaceable(&target)?;
         let name = target
             .file_name()
             .with_context(|| format!("{} has no name", target.display()))?
@@ -120,9 +114,13 @@ impl PartialDir {
         for entry in entries {
             let path = self.path_of(entry);
             match &entry.body {
-                Body::Directory => std::fs::create_dir_all(&path)
+                Body::Directory => DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&path)
                     .with_context(|| format!("cannot create {}", path.display()))?,
-                Body::Bytes(bytes) => std::fs::write(&path, bytes)
+                Body::Bytes(bytes) => create(&path)?
+                    .write_all(bytes)
                     .with_context(|| format!("cannot write {}", path.display()))?,
                 Body::Blob(_) => {}
             }
@@ -145,11 +143,66 @@ impl PartialDir {
     }
 }
 
+/// Refuses a target whose last component, as given, is `.` or `..`: the current directory or
+/// one of its parents cannot be renamed over, which only the final rename would otherwise tell.
+fn refuse_dot_name(target: &Path) -> Result<()> {
+    let bytes = target.as_os_str().as_bytes();
+    let trimmed = &bytes[..bytes.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1)];
+    let last = trimmed.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    if last == b"." || last == b".." {
+        bail!(
+            "{} names the current directory or a parent; give the layout directory by name",
+            target.display()
+        );
+    }
+    Ok(())
+}
+
+/// The target must not exist, or be an empty directory that the finished layout can replace.
+/// Checked up front, so that a target the final rename cannot replace is refused before any
+/// work is done.
+fn check_replaceable(target: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(target) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", target.display())),
+    };
+    if meta.file_type().is_symlink() {
+        // The rename would replace the link, not fill the directory it leads to.
+        bail!(
+            "{} is a symbolic link; give the layout directory's own path",
+            target.display()
+        );
+    }
+    if !meta.is_dir() {
+        bail!("{} exists and is not a directory", target.display());
+    }
+    let mut entries =
+        std::fs::read_dir(target).with_context(|| format!("cannot read {}", target.display()))?;
+    if entries.next().is_some() {
+        bail!(
+            "{} exists and is not empty; refusing to mix layouts",
+            target.display()
+        );
+    }
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    let parent_meta = std::fs::metadata(parent)
+        .with_context(|| format!("cannot inspect {}", parent.display()))?;
+    if parent_meta.dev() != meta.dev() {
+        bail!(
+            "{} is a mount point, which cannot be replaced; give a directory inside it",
+            target.display()
+        );
+    }
+    Ok(())
+}
+
+/// Files are private to the owner: layers can hold secrets, and we usually run as root.
 fn create(path: &Path) -> Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))
 }

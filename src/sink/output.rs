@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Seek, SeekFrom};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -39,7 +39,7 @@ impl Output {
         let meta = file.metadata().context("inspecting stdout")?;
         // A regular file opened without O_APPEND (`> out.tar`) can take positional writes.
         // SAFETY: F_GETFL on a valid descriptor.
-        let flags = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_GETFL) };
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
         let appending = flags >= 0 && flags & libc::O_APPEND != 0;
         let positional_base = if meta.file_type().is_file() && !appending {
             Some(file.stream_position().context("reading stdout's offset")?)
@@ -54,6 +54,10 @@ impl Output {
             None if meta.file_type().is_file() => Some(meta.len()),
             None => None,
         };
+        if let Some(len) = restore_len {
+            // Drop does not run on a signal: the signal thread must cut the file back itself.
+            interrupt::register_truncation(file.as_raw_fd(), len);
+        }
         Ok(Output {
             file,
             positional_base,
@@ -88,10 +92,12 @@ impl Output {
         // Registered before it exists: a signal arriving just after the file is created (but
         // before a later registration) would otherwise leave it behind.
         interrupt::register(&temp);
+        // Private to the owner, as `docker save -o` makes it: layers can hold secrets, and we
+        // usually run as root.
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
             .open(&temp)
             .with_context(|| format!("cannot create {}", temp.display()))
@@ -115,6 +121,10 @@ impl Output {
 
     /// Finishes: the archive is `len` bytes long. For `-o`, renames the temporary file into place.
     pub fn commit(mut self, len: u64) -> Result<()> {
+        if self.restore_len.is_some() {
+            // Complete: nothing to cut back any more. Blocks if a signal is being handled.
+            interrupt::unregister_truncation();
+        }
         if let Some(base) = self.positional_base {
             // Positional writes do not move the file offset; leave it after the archive, as a
             // sequential writer would have.
@@ -145,6 +155,7 @@ impl Drop for Output {
             interrupt::unregister(temp);
         } else if let Some(len) = self.restore_len {
             let _ = self.file.set_len(len);
+            interrupt::unregister_truncation();
         }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! - **Positional** (the output is a regular file): headers and documents are written at their
 //!   offsets, and each worker writes its layer straight into its own region with `pwrite`. Layers
-//!   are rebuilt and hashed fully in parallel, with no buffering between threads.
+//!   are rebuilt and hashed fully in parallel, with no buffering between threads. The
+//!   end-of-archive blocks come last, after the final check, as they do in a stream.
 //! - **Streaming** (a pipe, a socket, `/dev/null`): bytes must leave in order. Workers rebuild
 //!   layers ahead into bounded channels (`STREAM_DEPTH` blocks each) while the main thread writes
 //!   the current one, so memory stays bounded whatever the image size.
@@ -93,6 +94,8 @@ pub fn write_archive(
         Some(base) => {
             write_positional(plan, &placed, total, producer, opts, base)?;
             before_end()?;
+            // Last of all, so that an export killed at any earlier point leaves no end marker.
+            write_end(opts.file, base + total)?;
         }
         None => write_streaming(plan, &placed, producer, opts, before_end)?,
     }
@@ -136,8 +139,6 @@ fn write_positional(
                 .context("writing the archive")?;
         }
     }
-    file.write_all_at(&[0u8; 1024], base + total - 1024)
-        .context("writing the archive")?;
 
     parallel::map(&blob_order(plan), jobs, |&(pos, blob)| {
         let mut out = PositionalWriter {
@@ -155,13 +156,24 @@ fn write_positional(
     Ok(())
 }
 
+/// The two zero blocks that end the archive, which ends at `end` in the file.
+fn write_end(file: &File, end: u64) -> Result<()> {
+    let len = 2 * tar::BLOCK;
+    file.write_all_at(&[0u8; 2 * tar::BLOCK as usize], end - len)
+        .context("writing the archive")
+}
+
 /// Reserves the space up front, so a full disk is reported before work is done.
+///
+/// The file's length is left alone: the reserved space reads as zeros, and zeros where the
+/// end-of-archive blocks go would make an unfinished archive look finished. The length grows
+/// as the writes land, and reaches the archive's end only with its end marker.
 fn reserve(file: &File, base: u64, total: u64) -> Result<()> {
     // SAFETY: fallocate on a valid descriptor with in-range values.
     let r = unsafe {
         libc::fallocate(
             std::os::fd::AsRawFd::as_raw_fd(file),
-            0,
+            libc::FALLOC_FL_KEEP_SIZE,
             base as libc::off_t,
             total as libc::off_t,
         )
@@ -169,10 +181,8 @@ fn reserve(file: &File, base: u64, total: u64) -> Result<()> {
     if r != 0 {
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => {
-                file.set_len(base + total)
-                    .context("sizing the output file")?;
-            }
+            // Nothing to reserve with; a full disk shows up on the first write that hits it.
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => {}
             _ => return Err(e).context(format!("cannot reserve {total} bytes for the output")),
         }
     }
@@ -304,5 +314,96 @@ impl BlockSink for ChannelWriter<'_> {
         self.tx
             .send(Ok(block))
             .map_err(|_| anyhow!("the archive writer stopped"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::sink::plan::{media_type, BlobInfo, PlanEntry};
+
+    /// A document, then one blob of `size` bytes.
+    fn plan(size: u64) -> Plan {
+        let entry = |path: &str, body| PlanEntry {
+            path: path.into(),
+            mtime: 0,
+            body,
+        };
+        Plan {
+            entries: vec![
+                entry("doc.json", Body::Bytes(b"{}".to_vec())),
+                entry("blob", Body::Blob(0)),
+            ],
+            blobs: vec![BlobInfo {
+                digest: Digest::of(b""),
+                size,
+                media_type: media_type::OCI_LAYER_TAR,
+            }],
+        }
+    }
+
+    /// Produces its blob, or fails half-way when `fail` is set.
+    struct Filler {
+        size: usize,
+        fail: bool,
+    }
+
+    impl BlobProducer for Filler {
+        fn produce(&self, _: usize, out: &mut dyn BlockSink) -> Result<()> {
+            if self.fail {
+                out.put(std::sync::Arc::new(vec![7; self.size / 2]))?;
+                bail!("the layer changed");
+            }
+            out.put(std::sync::Arc::new(vec![7; self.size]))
+        }
+    }
+
+    /// Writes the sample plan positionally into a fresh file; returns the result and the file.
+    fn write_positionally(fail_blob: bool, fail_end: bool) -> (Result<u64>, Vec<u8>) {
+        let size = 3000;
+        let file = tempfile::tempfile().unwrap();
+        let progress = Progress::default();
+        let opts = WriteOptions {
+            file: &file,
+            positional_base: Some(0),
+            jobs: 2,
+            progress: &progress,
+        };
+        let producer = Filler {
+            size,
+            fail: fail_blob,
+        };
+        let check = || {
+            if fail_end {
+                bail!("storage changed")
+            } else {
+                Ok(())
+            }
+        };
+        let result = write_archive(&plan(size as u64), &producer, &opts, &check);
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut &file, &mut bytes).unwrap();
+        (result, bytes)
+    }
+
+    #[test]
+    fn positional_archive_ends_with_its_end_marker() {
+        let (result, bytes) = write_positionally(false, false);
+        assert_eq!(bytes.len() as u64, result.unwrap());
+        assert!(bytes[bytes.len() - 1024..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn failed_positional_archive_has_no_end_marker() {
+        // Whether a layer failed or the final check did, the file must stop where the members
+        // do, without the two zero blocks that say "complete" (nor space reserved as zeros).
+        let (complete, _) = write_positionally(false, false);
+        let members_end = complete.unwrap() - 2 * tar::BLOCK;
+        for (fail_blob, fail_end) in [(true, false), (false, true)] {
+            let (result, bytes) = write_positionally(fail_blob, fail_end);
+            assert!(result.is_err());
+            assert_eq!(bytes.len() as u64, members_end, "{fail_blob} {fail_end}");
+        }
     }
 }
