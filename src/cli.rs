@@ -92,6 +92,9 @@ pub enum Command {
         /// The cache directory [default: as for exports].
         #[arg(long, value_name = "DIR", global = true)]
         cache_dir: Option<PathBuf>,
+        /// Docker's data root, which the cache may not be inside [default: as for exports].
+        #[arg(long, value_name = "DIR", global = true)]
+        data_root: Option<PathBuf>,
     },
 }
 

@@ -11,13 +11,18 @@ use oci_export::cli::{Args, CacheAction, Command, Compression, GzipEncoder};
 use oci_export::compress::{Algorithm, Settings};
 use oci_export::export::{run, CacheChoice, ExportRequest};
 use oci_export::interrupt;
+use oci_export::sink::output::refuse_inside;
 use oci_export::source::overlay2::default_data_root;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     interrupt::install();
     let result = match args.command {
-        Some(Command::Cache { action, cache_dir }) => cache_command(action, cache_dir),
+        Some(Command::Cache {
+            action,
+            cache_dir,
+            data_root,
+        }) => cache_command(action, cache_dir, data_root),
         None => export(args),
     };
     match result {
@@ -64,10 +69,15 @@ fn export(args: Args) -> Result<()> {
             Some(settings)
         }
     };
-    let cache = if args.no_cache {
+    // Only compressed layers are cached: an uncompressed export needs no cache directory, and
+    // must not fail for the lack of one.
+    let cache = if compression.is_none() || args.no_cache {
         CacheChoice::None
     } else {
-        CacheChoice::Dir(cache_dir(args.cache_dir)?)
+        match args.cache_dir.or_else(cache::default_dir) {
+            Some(dir) => CacheChoice::Dir(dir),
+            None => CacheChoice::Unavailable(format!("{NO_CACHE_DIR} (give one with --cache-dir)")),
+        }
     };
     run(&ExportRequest {
         images: args.images,
@@ -83,15 +93,20 @@ fn export(args: Args) -> Result<()> {
     })
 }
 
-fn cache_dir(explicit: Option<std::path::PathBuf>) -> Result<std::path::PathBuf> {
-    match explicit {
-        Some(dir) => Ok(dir),
-        None => cache::default_dir().context("no cache directory: neither XDG_CACHE_HOME nor HOME is set; use --cache-dir or --no-cache"),
-    }
-}
+const NO_CACHE_DIR: &str = "no cache directory: neither XDG_CACHE_HOME nor HOME is set";
 
-fn cache_command(action: CacheAction, dir: Option<std::path::PathBuf>) -> Result<()> {
-    let cache = BlobCache::open(cache_dir(dir)?)?;
+fn cache_command(
+    action: CacheAction,
+    dir: Option<std::path::PathBuf>,
+    data_root: Option<std::path::PathBuf>,
+) -> Result<()> {
+    let dir = dir
+        .or_else(cache::default_dir)
+        .with_context(|| format!("{NO_CACHE_DIR}; use --cache-dir"))?;
+    // As for exports: nothing of ours goes inside the engine's storage, and prune deletes.
+    refuse_inside(&dir, &data_root.unwrap_or_else(default_data_root))?;
+    // Inspecting creates nothing: a cache that does not exist lists as empty.
+    let cache = BlobCache::existing(dir);
     match action {
         CacheAction::Ls => {
             let mut entries = cache.list()?;

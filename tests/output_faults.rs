@@ -93,13 +93,17 @@ struct TinyFs {
 
 impl TinyFs {
     fn mount() -> Option<TinyFs> {
+        Self::mount_sized("8k")
+    }
+
+    fn mount_sized(size: &str) -> Option<TinyFs> {
         if !is_root() {
             eprintln!("skipped: mounting a tmpfs needs root");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8k", "oe-full"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "oe-full"])
             .arg(dir.path())
             .status()
             .unwrap()
@@ -158,6 +162,51 @@ fn full_disk_through_stdout_cuts_the_file_back() {
         assert_failed_with(&outcome, &["No space left on device"], engine);
         assert_eq!(fs::metadata(&path).unwrap().len(), 0, "[{engine}]");
         fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn a_full_cache_disk_costs_a_warning_not_the_export() {
+    // The cache has room for the small layers (a page for each file) but fills up while the
+    // top one is being compressed into it (a 1 MiB member, whose first 64 KiB no codec can
+    // shrink): that layer is made again without the cache, and the archive is the same. One
+    // layer at a time, so that the top one comes last.
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let s = sample_with_big_member(1 << 20);
+    for alg in ["gzip", "zstd"] {
+        let tiny = TinyFs::mount_sized("32k").unwrap();
+        let cache = tiny.path().to_str().unwrap();
+        let reference = s.export_to_stdout(&["-q", "-c", alg, "--no-cache"]);
+        assert!(reference.ok(), "[{alg}] {}", reference.stderr);
+        let args = ["-q", "-j", "1", "-c", alg, "--cache-dir", cache];
+        let outcome = s.unchanged_by(|| s.export_to_stdout(&args));
+        assert!(outcome.ok(), "[{alg}] {}", outcome.stderr);
+        let lines: Vec<&str> = outcome.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "[{alg}] one warning: {}", outcome.stderr);
+        assert!(
+            lines[0].starts_with("oci-export: warning: writing into the blob cache")
+                && lines[0].contains("No space left on device"),
+            "[{alg}] {}",
+            lines[0]
+        );
+        assert!(outcome.stdout == reference.stdout, "[{alg}] wrong archive");
+        // The small layers were cached before the disk filled up, and nothing of the abandoned
+        // entry is left.
+        let mut left = tiny.names();
+        left.retain(|n| n != "v1");
+        assert_eq!(left, Vec::<String>::new(), "[{alg}]");
+        let cached: Vec<String> = fs::read_dir(tiny.path().join("v1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            cached.len(),
+            4,
+            "[{alg}] two entries of two files: {cached:?}"
+        );
     }
 }
 

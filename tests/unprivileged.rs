@@ -1,5 +1,6 @@
 //! Run without root against storage laid out with Docker's permissions: the export must fail
-//! with a message that says why (permission, root), not a bare "No such file".
+//! with a message that says why (permission, root), not a bare "No such file". And a user whose
+//! blob cache cannot be written, or who has no home directory, must still be able to export.
 
 mod forge;
 mod harness;
@@ -128,4 +129,119 @@ fn layer_files_readable_by_root_only() {
         "the message should say root is needed: {}",
         outcome.stderr
     );
+}
+
+// ---- a user whose blob cache cannot be used --------------------------------------------------
+
+/// A reachable sample with a temporary directory `nobody` can write, for scratch blobs.
+fn reachable_sample_with_tmp() -> (Sample, PathBuf, PathBuf) {
+    let (s, bin) = reachable_sample();
+    let tmp = s.tmp.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    chown(&tmp, Some(NOBODY), Some(NOBODY)).unwrap();
+    (s, bin, tmp)
+}
+
+/// `oci-export -q ARGS --data-root ROOT sample` as `nobody`, with the environment `env` on top
+/// of a clean one (no HOME, no XDG_CACHE_HOME, TMPDIR=`tmp`).
+fn export_as_nobody(
+    s: &Sample,
+    bin: &Path,
+    tmp: &Path,
+    env: &[(&str, &Path)],
+    args: &[&str],
+) -> Option<Outcome> {
+    let mut cmd = as_nobody(bin)?;
+    cmd.env_remove("HOME")
+        .env_remove("XDG_CACHE_HOME")
+        .env("TMPDIR", tmp)
+        .envs(env.iter().copied())
+        .arg("-q")
+        .args(args)
+        .arg("--data-root")
+        .arg(&s.root)
+        .arg(IMAGE);
+    Some(s.unchanged_by(|| run(cmd)))
+}
+
+/// A success that warned once, about the blob cache, and wrote what `reference` holds.
+fn assert_exported_without_cache(outcome: &Outcome, reference: &[u8], what: &str) {
+    assert!(outcome.ok(), "[{what}] {}", outcome.stderr);
+    let lines: Vec<&str> = outcome.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "[{what}] one warning: {}", outcome.stderr);
+    assert!(
+        lines[0].starts_with("oci-export: warning: ") && lines[0].contains("blob cache"),
+        "[{what}] {}",
+        lines[0]
+    );
+    assert!(outcome.stdout == reference, "[{what}] wrong archive");
+}
+
+#[test]
+fn nobody_exports_through_a_read_only_cache() {
+    let (s, bin, tmp) = reachable_sample_with_tmp();
+    let Some(reference) = export_as_nobody(&s, &bin, &tmp, &[], &["-c", "zstd", "--no-cache"])
+    else {
+        return;
+    };
+    assert!(reference.ok(), "{}", reference.stderr);
+    // Root's directories: the cache's root (nothing can be created in it), and a cache whose
+    // entries' directory exists (nothing can be written in it).
+    let root_only = s.tmp.path().join("root-cache");
+    let entries_only = s.tmp.path().join("root-entries");
+    fs::create_dir(&root_only).unwrap();
+    fs::create_dir_all(entries_only.join("v1")).unwrap();
+    for dir in [&root_only, &entries_only, &entries_only.join("v1")] {
+        restrict(dir, 0o755);
+    }
+    for cache in [&root_only, &entries_only] {
+        let args = ["-c", "zstd", "--cache-dir", cache.to_str().unwrap()];
+        let outcome = export_as_nobody(&s, &bin, &tmp, &[], &args).unwrap();
+        let what = cache.display().to_string();
+        assert_exported_without_cache(&outcome, &reference.stdout, &what);
+        assert!(
+            outcome.stderr.contains("ermission denied"),
+            "{}",
+            outcome.stderr
+        );
+    }
+    assert_eq!(fs::read_dir(&root_only).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(entries_only.join("v1")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "scratch left behind"
+    );
+}
+
+#[test]
+fn nobody_exports_with_a_home_that_does_not_exist() {
+    let (s, bin, tmp) = reachable_sample_with_tmp();
+    let Some(reference) = export_as_nobody(&s, &bin, &tmp, &[], &["-c", "gzip", "--no-cache"])
+    else {
+        return;
+    };
+    assert!(reference.ok(), "{}", reference.stderr);
+    let home = [("HOME", Path::new("/nonexistent"))];
+    let outcome = export_as_nobody(&s, &bin, &tmp, &home, &["-c", "gzip"]).unwrap();
+    assert_exported_without_cache(&outcome, &reference.stdout, "HOME=/nonexistent");
+    assert!(!Path::new("/nonexistent").exists());
+}
+
+#[test]
+fn nobody_exports_without_a_home() {
+    let (s, bin, tmp) = reachable_sample_with_tmp();
+    // Uncompressed: no cache is involved, so nothing to say.
+    let Some(plain) = export_as_nobody(&s, &bin, &tmp, &[], &["-c", "none"]) else {
+        return;
+    };
+    assert!(plain.ok(), "{}", plain.stderr);
+    assert_eq!(plain.stderr, "");
+    assert!(!plain.stdout.is_empty());
+    // Compressed: no cache directory is known, which costs a warning.
+    let reference = export_as_nobody(&s, &bin, &tmp, &[], &["-c", "zstd", "--no-cache"]).unwrap();
+    assert!(reference.ok(), "{}", reference.stderr);
+    let outcome = export_as_nobody(&s, &bin, &tmp, &[], &["-c", "zstd"]).unwrap();
+    assert_exported_without_cache(&outcome, &reference.stdout, "no HOME");
+    assert!(outcome.stderr.contains("HOME"), "{}", outcome.stderr);
 }

@@ -14,8 +14,11 @@
 //! against the metadata before handing it over, and deletes an entry that fails. That also
 //! covers crashes: files are not synced to disk, since a torn entry is caught the same way.
 //!
-//! Layers can hold anything an image holds, so the directories are private (0700) and the
-//! files 0600.
+//! A hit is checked against the digest recorded when the entry was made (from a rebuild that
+//! verified the layer), not decompressed and checked against the diff_id again: whoever can
+//! write the cache could put other content under a layer's name. So the directories are
+//! private (0700) and the files 0600, which also keeps layers, which can hold anything an
+//! image holds, from other users.
 
 mod store;
 

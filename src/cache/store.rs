@@ -51,6 +51,14 @@ impl BlobCache {
         Ok(BlobCache { dir })
     }
 
+    /// The cache at `root` as it is, creating nothing: for inspecting and pruning, where a
+    /// cache that does not exist yet simply holds no entries.
+    pub fn existing(root: impl AsRef<Path>) -> Self {
+        BlobCache {
+            dir: root.as_ref().join(LAYOUT),
+        }
+    }
+
     /// Opens the cache at [`super::default_dir`].
     pub fn open_default() -> Result<Self> {
         let root = super::default_dir()
@@ -221,12 +229,14 @@ impl BlobCache {
         Ok(())
     }
 
+    /// The directory's items; none when it does not exist (a cache never written to).
     fn read_dir(&self) -> Result<Vec<fs::DirEntry>> {
         let context = || format!("listing the blob cache {}", self.dir.display());
-        fs::read_dir(&self.dir)
-            .with_context(context)?
-            .collect::<io::Result<Vec<_>>>()
-            .with_context(context)
+        match fs::read_dir(&self.dir) {
+            Ok(items) => items.collect::<io::Result<Vec<_>>>().with_context(context),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(context),
+        }
     }
 
     /// A new, private temporary file in the cache directory, so that renaming it into place is
@@ -284,6 +294,11 @@ pub struct PendingBlob<'a> {
 }
 
 impl PendingBlob<'_> {
+    /// The directory of the cache being written, for messages.
+    pub fn dir(&self) -> &Path {
+        self.cache.dir()
+    }
+
     /// Makes the written bytes `key`'s entry, replacing any earlier one, and returns it open
     /// at its start.
     ///

@@ -225,6 +225,20 @@ fn list_shows_every_entry() {
 }
 
 #[test]
+fn an_absent_cache_is_inspected_without_being_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("never-made");
+    let cache = BlobCache::existing(&root);
+    assert!(cache.list().unwrap().is_empty());
+    assert_eq!(cache.prune(0).unwrap(), PruneReport::default());
+    assert!(!root.exists(), "inspecting created the cache");
+    // An existing cache reads the same either way.
+    let made = BlobCache::open(&root).unwrap();
+    made.put(&key(1, 3), &mut &b"blob"[..]).unwrap();
+    assert_eq!(BlobCache::existing(&root).list().unwrap().len(), 1);
+}
+
+#[test]
 fn an_abandoned_write_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = BlobCache::open(tmp.path()).unwrap();

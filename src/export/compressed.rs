@@ -1,19 +1,22 @@
 //! Compressed layers, made in the background and handed to the writer in layer order.
 //!
 //! Up to `jobs` layers are rebuilt and compressed at once (each compressor also runs its own
-//! worker threads), straight into the blob cache, or taken from it when an earlier export made
-//! them. The writer receives layer `i` as soon as it is finished, and copies it out while later
-//! layers are still compressing. A layer is committed to the cache only after its rebuild
-//! verified every CRC and its diff_id; its compressed bytes are hashed once, on their way in.
+//! worker threads), straight into the blob cache (or a scratch file without one), or taken
+//! from the cache when an earlier export made them. The writer receives layer `i` as soon as
+//! it is finished, and copies it out while later layers are still compressing. A layer is
+//! committed to the cache only after its rebuild verified every CRC and its diff_id; its
+//! compressed bytes are hashed once, on their way in.
 
+use std::io::{Seek, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Condvar, Mutex};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 
-use crate::cache::{BlobCache, CachedBlob, Key, Lookup};
-use crate::compress::{Compressor, Settings};
+use super::blob_store::{BlobStore, NotingFailure, StoredBlob};
+use crate::cache::{Key, PendingBlob};
+use crate::compress::{CompressedBlob, Compressor, Settings};
 use crate::io::EngineFactory;
 use crate::model::Layer;
 use crate::reassembly::{measure_layer, rebuild_layer, Block, BlockSink, WriteBlocks};
@@ -24,7 +27,7 @@ use crate::sink::writer::Progress;
 pub struct CompressJob<'a> {
     pub layers: &'a [Layer],
     pub settings: &'a Settings,
-    pub cache: &'a BlobCache,
+    pub store: &'a BlobStore,
     pub engines: EngineFactory,
     /// Layers compressed at once.
     pub jobs: usize,
@@ -152,7 +155,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Compresses layer `index` into the cache, or takes it from there.
+/// Takes layer `index` from the cache, or compresses it.
 fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<ReadyBlob> {
     let layer = &job.layers[index];
     let settings = job.settings;
@@ -161,53 +164,99 @@ fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<
         algorithm: settings.algorithm,
         level: settings.level,
     };
-    let cached = match job.cache.get(&key)? {
-        Lookup::Hit(hit) => {
+    let blob = match job.store.lookup(&key) {
+        Some(hit) => {
             // The bytes verified stand in for the layer's, whose size a hit does not need.
-            job.progress
-                .bytes
-                .fetch_add(hit.entry.size, Ordering::Relaxed);
+            job.progress.bytes.fetch_add(hit.size, Ordering::Relaxed);
             hit
         }
-        Lookup::Discarded(reason) => {
-            eprintln!("oci-export: {reason}; compressing it again");
-            compress_into_cache(job, index, &key, stop)?
-        }
-        Lookup::Miss => compress_into_cache(job, index, &key, stop)?,
+        None => make_blob(job, index, &key, stop)?,
     };
     Ok(ReadyBlob {
         info: BlobInfo {
-            digest: cached.entry.digest,
-            size: cached.entry.size,
+            digest: blob.digest,
+            size: blob.size,
             media_type: settings.algorithm.media_type(),
         },
-        file: cached.file,
+        file: blob.file,
     })
 }
 
-/// Rebuilds layer `index`, compresses it into the cache as `key`, and returns the new entry.
+/// Compresses layer `index` into the cache as `key`, or into a scratch file when there is no
+/// cache to write. A cache that fails on the way is given up, and the layer made again in
+/// scratch (its bytes then count twice in the progress, a rare cost not worth undoing).
+fn make_blob(job: &CompressJob, index: usize, key: &Key, stop: &AtomicBool) -> Result<StoredBlob> {
+    if let Some(pending) = job.store.begin(key) {
+        match compress_into_cache(job, index, pending, stop)? {
+            Attempt::Made(blob) => return Ok(blob),
+            Attempt::CacheFailed(e) => job.store.give_up_cache(&e),
+        }
+    }
+    compress_into_scratch(job, index, stop)
+}
+
+/// How compressing into the cache went, when the layer itself was sound.
+enum Attempt {
+    Made(StoredBlob),
+    /// The cache could not take the blob: the layer is to be made elsewhere.
+    CacheFailed(anyhow::Error),
+}
+
+/// Compresses layer `index` into `pending` and commits it. An error is the layer's (it would
+/// fail anywhere); the cache's own failures are told apart, as [`Attempt::CacheFailed`].
 fn compress_into_cache(
     job: &CompressJob,
     index: usize,
-    key: &Key,
+    pending: PendingBlob,
     stop: &AtomicBool,
-) -> Result<CachedBlob> {
+) -> Result<Attempt> {
+    let mut out = NotingFailure::new(pending);
+    let compressed = compress(job, index, &mut out, stop);
+    let (pending, write_failure) = out.into_parts();
+    if let Some(e) = write_failure {
+        // Whatever the compressor made of it, the cache failed first; dropping `pending`
+        // deletes what it holds.
+        let context = format!("writing into the blob cache {}", pending.dir().display());
+        return Ok(Attempt::CacheFailed(anyhow::Error::new(e).context(context)));
+    }
+    let blob = compressed?;
+    Ok(match pending.commit(blob.digest) {
+        Ok(cached) => Attempt::Made(cached.into()),
+        Err(e) => Attempt::CacheFailed(e),
+    })
+}
+
+/// Compresses layer `index` into a nameless scratch file, rewound for copying out.
+fn compress_into_scratch(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<StoredBlob> {
+    let mut file = job.store.scratch_file()?;
+    let blob = compress(job, index, &mut file, stop)?;
+    file.rewind().context("rewinding a scratch blob")?;
+    Ok(StoredBlob {
+        digest: blob.digest,
+        size: blob.size,
+        file,
+    })
+}
+
+/// Rebuilds layer `index`, verifying it, and compresses it into `out`.
+fn compress(
+    job: &CompressJob,
+    index: usize,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+) -> Result<CompressedBlob> {
     let layer = &job.layers[index];
     // The sizing pass also rejects a tar-split that lists a path twice.
     let size = measure_layer(layer)?.tar_size;
-    let mut pending = job.cache.begin(key)?;
-    let blob = {
-        let mut compressor = Compressor::new(job.settings, &mut pending)?;
-        let mut engine = job.engines.create()?;
-        let mut sink = Watched {
-            inner: WriteBlocks(&mut compressor),
-            stop,
-            progress: job.progress,
-        };
-        rebuild_layer(layer, size, engine.as_mut(), &mut sink)?;
-        compressor.finish()?
+    let mut compressor = Compressor::new(job.settings, out)?;
+    let mut engine = job.engines.create()?;
+    let mut sink = Watched {
+        inner: WriteBlocks(&mut compressor),
+        stop,
+        progress: job.progress,
     };
-    pending.commit(blob.digest)
+    rebuild_layer(layer, size, engine.as_mut(), &mut sink)?;
+    compressor.finish()
 }
 
 /// The compression was abandoned because something else failed first.

@@ -1,5 +1,6 @@
 //! The export pipeline: source → plan → reassembly (→ compression) → sink.
 
+mod blob_store;
 mod compressed;
 mod layers;
 
@@ -8,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cache::BlobCache;
 use crate::cli::Format;
 use crate::compress::Settings;
 use crate::digest::Digest;
@@ -16,13 +16,12 @@ use crate::io::{EngineFactory, IoMode};
 use crate::model::{Image, Layer};
 use crate::reassembly::missing_tar_split;
 use crate::regenerate::{needs_regeneration, regenerate_image, Regenerated};
-use crate::scratch::ScratchDir;
-use crate::sink::output::refuse_inside;
 use crate::sink::output::Output;
 use crate::sink::writer::{write_archive, Progress, WriteOptions};
 use crate::sink::{docker_archive, incremental, oci_dir};
 use crate::source::overlay2::Overlay2Store;
 use crate::source::ImageStore;
+use blob_store::BlobStore;
 use compressed::{with_compressed_layers, CompressJob};
 use layers::{measure_all, uncompressed_blobs, Rebuilder};
 
@@ -41,11 +40,15 @@ pub struct ExportRequest {
     pub cache: CacheChoice,
 }
 
-/// Where compressed blobs are kept between exports.
+/// Where compressed blobs are kept between exports. Whatever the choice, a cache that cannot be
+/// used costs a warning, not the export.
 #[derive(Debug, Clone)]
 pub enum CacheChoice {
     Dir(PathBuf),
-    /// A scratch directory, removed at the end (`--no-cache`).
+    /// A cache was wanted but no directory is known, for the reason given: the export goes on
+    /// without one.
+    Unavailable(String),
+    /// No cache (`--no-cache`): each blob lives in a nameless scratch file until copied out.
     None,
 }
 
@@ -261,26 +264,15 @@ impl Export<'_> {
     }
 
     /// Compressed layers are known only once compressed, so they are made in the background
-    /// (into the blob cache) and written out in layer order as each is finished.
+    /// (into the blob cache, or scratch files) and written out in layer order as each is
+    /// finished.
     fn compressed(&self, settings: &Settings, destination: Destination) -> Result<()> {
         let req = self.req;
-        let mut _no_cache_dir = None;
-        let cache = match &req.cache {
-            CacheChoice::Dir(dir) => {
-                refuse_inside(dir, &req.data_root)?;
-                BlobCache::open(dir)?
-            }
-            CacheChoice::None => {
-                let scratch = ScratchDir::new("blobs", &req.data_root)?;
-                let cache = BlobCache::open(scratch.path())?;
-                _no_cache_dir = Some(scratch);
-                cache
-            }
-        };
+        let store = BlobStore::open(&req.cache, &req.data_root)?;
         let job = CompressJob {
             layers: &self.set.layers,
             settings,
-            cache: &cache,
+            store: &store,
             engines: self.engines,
             jobs: req.jobs,
             progress: &self.progress,
@@ -295,7 +287,7 @@ impl Export<'_> {
                 oci_dir::write_dir_incrementally(dir, &layout, blobs, || self.confirm())
             }),
         };
-        if let CacheChoice::Dir(_) = req.cache {
+        if let Some(cache) = store.cache_to_prune() {
             // Keep the cache bounded; a failure here must not fail the export.
             if let Err(e) = cache.prune(crate::cache::DEFAULT_MAX_BYTES) {
                 eprintln!("oci-export: warning: could not prune the blob cache: {e:#}");

@@ -246,7 +246,7 @@ pub enum EntrySize {
 /// not padded standard base64.
 fn base64_decoded_len(text: &str) -> Option<usize> {
     let b = text.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
@@ -261,7 +261,7 @@ fn base64_decoded_len(text: &str) -> Option<usize> {
 fn shaped_base64_decoded_len(text: &str) -> Option<usize> {
     let b = text.as_bytes();
     let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
-    (b.len() % 4 == 0).then(|| b.len() / 4 * 3 - pad)
+    b.len().is_multiple_of(4).then(|| b.len() / 4 * 3 - pad)
 }
 
 /// A validated line. A file's name is still borrowed from the line when it can be: the sizing
