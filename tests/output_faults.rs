@@ -94,7 +94,7 @@ struct TinyFs {
 impl TinyFs {
     fn mount() -> Option<TinyFs> {
         if !is_root() {
-            eprintln!("skipped: mounting a tmpfs needs root");
+            harness::skip("mounting a tmpfs needs root");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
