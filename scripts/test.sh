@@ -2,8 +2,9 @@
 # The project's test command: installs what the tests need, starts two private Docker engines
 # (never the system daemon), builds the test images, runs every test, and cleans up.
 #
-#   sudo scripts/test.sh            # everything
-#   sudo scripts/test.sh engine     # extra arguments go to `cargo test`
+#   sudo scripts/test.sh                  # everything
+#   sudo scripts/test.sh engine           # extra arguments go to `cargo test` (a name filter)
+#   sudo scripts/test.sh --test engine    # only these test targets (and no unit tests)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,9 +30,25 @@ trap 'exit 143' TERM
 # above); the unit tests also run once without, to check what a default build says.
 features=(--features isal)
 
+# Which targets to test: the library, binaries and tests (benches are not tests, they run with
+# `cargo bench`), unless the arguments choose targets themselves. Cargo takes the union of
+# target options, so `--tests` beside `--test NAME` would still run every test target.
+targets=(--lib --bins --tests)
+for arg in "$@"; do
+	[ "$arg" = -- ] && break
+	case $arg in
+	--lib | --bins | --bin | --bin=* | --tests | --test | --test=* | --examples | --example | \
+		--example=* | --benches | --bench | --bench=* | --all-targets | --doc)
+		targets=()
+		;;
+	esac
+done
+
 # Build first, so the compile does not count against the engines' start-up wait.
 cargo build --all-targets --quiet "${features[@]}"
-cargo test --lib --quiet
+if [ ${#targets[@]} -gt 0 ]; then
+	cargo test --lib --quiet
+fi
 
 echo "test.sh: starting two private Docker engines under $work" >&2
 "$root/scripts/dockerd.sh" start "$work/a" >"$work/a.env"
@@ -53,10 +70,22 @@ log:
 YAML
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 echo $! >"$work/registry.pid"
+registry_up=false
 for _ in $(seq 1 50); do
-	python3 -c "import socket; socket.create_connection(('127.0.0.1', $registry_port), 0.2)" 2>/dev/null && break
+	if python3 -c "import socket; socket.create_connection(('127.0.0.1', $registry_port), 0.2)" 2>/dev/null; then
+		registry_up=true
+		break
+	fi
+	if ! kill -0 "$(cat "$work/registry.pid")" 2>/dev/null; then
+		break
+	fi
 	sleep 0.2
 done
+if ! $registry_up; then
+	echo "test.sh: the registry did not start listening on 127.0.0.1:$registry_port; its log:" >&2
+	cat "$work/registry.log" >&2
+	exit 1
+fi
 
 echo "test.sh: building test images" >&2
 DOCKER_HOST="$first" python3 tests/support/make_images.py \
@@ -67,5 +96,4 @@ export OE_TEST_DOCKER_HOST="$first"
 export OE_TEST_SECOND_DOCKER_HOST="$second"
 export OE_TEST_EXPECT="$work/expect.json"
 export OE_TEST_REGISTRY="127.0.0.1:$registry_port"
-# Benches are not tests (they run with `cargo bench`), so: library, binaries and tests.
-cargo test "${features[@]}" --lib --bins --tests "$@"
+cargo test "${features[@]}" ${targets[@]+"${targets[@]}"} "$@"

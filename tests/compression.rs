@@ -1,6 +1,7 @@
 //! Compressed layers (`-c gzip|zstd`), the OCI directory output and the blob cache: on the
 //! committed sample root (anywhere) and against real consumers (engine, skopeo, umoci).
 
+mod forge;
 mod harness;
 
 use std::collections::BTreeMap;
@@ -86,19 +87,13 @@ fn sample_args<'a>(root: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 #[test]
-fn compressed_sample_layers_decompress_to_their_diff_ids_whatever_the_jobs() {
+fn compressed_sample_layers_decompress_to_their_diff_ids() {
     let root = sample_root();
     let root = root.to_str().unwrap();
     for (codec, media) in codecs() {
-        let export = |jobs: &str| {
-            let mut extra = codec.clone();
-            extra.extend(["--no-cache", "-j", jobs, "sample"]);
-            run_ok(&sample_args(root, &extra)).stdout
-        };
-        let one = export("1");
-        let two = export("2");
-        assert!(one == two, "{codec:?}: --jobs 1 and --jobs 2 differ");
-        let members = read_archive(&one);
+        let mut extra = codec.clone();
+        extra.extend(["--no-cache", "sample"]);
+        let members = read_archive(&run_ok(&sample_args(root, &extra)).stdout);
         let ids = verify_compressed(&members, media);
         let expected_id = std::fs::read_to_string(sample_root().join("EXPECTED")).unwrap();
         assert_eq!(
@@ -106,6 +101,71 @@ fn compressed_sample_layers_decompress_to_their_diff_ids_whatever_the_jobs() {
             expected_id.lines().next().unwrap(),
             "the config is unchanged"
         );
+    }
+}
+
+/// Uncompressed bytes per gzip block (the gzip encoders' block size).
+const GZIP_BLOCK: usize = 128 << 10;
+/// Uncompressed bytes per libzstd job at level 1 (4 × its 512 KiB window).
+const ZSTD_JOB_AT_LEVEL_1: usize = 2 << 20;
+
+/// How many times deflate's sync-flush marker (the empty stored block `00 00 ff ff`) occurs:
+/// every gzip block but the last ends with one.
+fn sync_flushes(blob: &[u8]) -> usize {
+    blob.windows(4).filter(|w| *w == [0, 0, 0xff, 0xff]).count()
+}
+
+#[test]
+fn compressed_layers_spanning_many_blocks_do_not_depend_on_the_jobs() {
+    // A 12 MiB incompressible member: 96 gzip blocks, 6 zstd jobs (at level 1). The sample's
+    // own files are a few bytes, one block per layer, which no scheduling could get wrong.
+    const MEMBER: usize = 12 << 20;
+    let s = forge::sample_with_member(&forge::incompressible(MEMBER));
+    let root = s.root.to_str().unwrap();
+    let mut cases = codecs();
+    for (codec, _) in &mut cases {
+        if codec[1] == "zstd" {
+            // Level 3's jobs are 8 MiB: level 1's 2 MiB ones give more of them.
+            codec.extend(["--level", "1"]);
+        }
+    }
+    for (codec, media) in cases {
+        let export = |jobs: &str| {
+            let mut extra = codec.clone();
+            extra.extend(["--no-cache", "-j", jobs, forge::IMAGE]);
+            run_ok(&sample_args(root, &extra)).stdout
+        };
+        let one = export("1");
+        let two = export("2");
+        assert!(one == two, "{codec:?}: --jobs 1 and --jobs 2 differ");
+        let members = read_archive(&one);
+        verify_compressed(&members, media);
+
+        // The big layer really went through many blocks or jobs.
+        let big = members
+            .iter()
+            .filter(|(name, _)| name.starts_with("blobs/sha256/"))
+            .map(|(_, blob)| blob)
+            .max_by_key(|blob| blob.len())
+            .unwrap();
+        let tar = decompress(media, big);
+        assert!(tar.len() > MEMBER, "{codec:?}: the big layer");
+        assert!(
+            big.len() >= MEMBER,
+            "{codec:?}: {} bytes: the member did not stay incompressible",
+            big.len()
+        );
+        if media == GZIP {
+            let blocks = tar.len().div_ceil(GZIP_BLOCK);
+            assert!(blocks >= 96);
+            assert!(
+                sync_flushes(big) >= blocks - 1,
+                "{codec:?}: {} sync flushes for {blocks} blocks",
+                sync_flushes(big)
+            );
+        } else {
+            assert!(tar.len() / ZSTD_JOB_AT_LEVEL_1 >= 6, "{codec:?}");
+        }
     }
 }
 
@@ -174,7 +234,11 @@ fn the_gzip_encoder_needs_gzip_and_isal_needs_an_isal_build() {
         &["-c", "zstd", "--gzip-encoder", "isal", "sample"],
     ));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--gzip-encoder needs"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--gzip-encoder needs --compression gzip"),
+        "{err}"
+    );
     let out = run(&sample_args(
         root,
         &[
@@ -188,6 +252,15 @@ fn the_gzip_encoder_needs_gzip_and_isal_needs_an_isal_build() {
         ],
     ));
     assert!(!out.status.success(), "ISA-L has no level 4");
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // A build without ISA-L refuses the encoder before it looks at the level.
+    let want = if cfg!(feature = "isal") {
+        "gzip-isal level 4 is out of range 0..=3"
+    } else {
+        "without the ISA-L gzip encoder"
+    };
+    assert!(err.contains(want), "{err}");
     let isal = run(&sample_args(
         root,
         &[
@@ -215,18 +288,33 @@ fn the_gzip_encoder_needs_gzip_and_isal_needs_an_isal_build() {
 }
 
 #[test]
-fn level_without_compression_is_refused() {
+fn level_without_compression_or_out_of_range_is_refused() {
     let root = sample_root();
-    let out = run(&sample_args(
-        root.to_str().unwrap(),
-        &["--level", "3", "sample"],
-    ));
-    assert!(!out.status.success());
-    let out = run(&sample_args(
-        root.to_str().unwrap(),
-        &["-c", "gzip", "--level", "42", "sample"],
-    ));
-    assert!(!out.status.success());
+    let root = root.to_str().unwrap();
+    for (args, want) in [
+        (
+            &["--level", "3", "sample"][..],
+            "--level needs --compression gzip or zstd",
+        ),
+        (
+            &["-c", "gzip", "--level", "42", "sample"][..],
+            "gzip level 42 is out of range 1..=9",
+        ),
+        (
+            &["-c", "gzip", "--level", "0", "sample"][..],
+            "gzip level 0 is out of range 1..=9",
+        ),
+        (
+            &["-c", "zstd", "--level", "23", "sample"][..],
+            "zstd level 23 is out of range 1..=22",
+        ),
+    ] {
+        let out = run(&sample_args(root, args));
+        assert!(!out.status.success(), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
 }
 
 fn command_ok(program: &str, args: &[&str]) -> String {

@@ -8,6 +8,8 @@ mod harness;
 use std::fs;
 use std::os::unix::fs::symlink;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use forge::*;
@@ -233,6 +235,49 @@ fn tar_split_without_its_end_segment_is_refused() {
     entries.truncate(last_file + 1);
     write_tar_split(&s.tar_split_path(s.top()), &entries);
     s.expect_failure(&[&top_layer(&s), "without its end-of-archive segment"]);
+}
+
+/// Whether a 512-byte tar header's checksum field matches its bytes (the field counted as spaces).
+fn tar_checksum_ok(header: &[u8]) -> bool {
+    let field = std::str::from_utf8(&header[148..156]).unwrap();
+    let recorded = u32::from_str_radix(field.trim_matches(|c| c == '\0' || c == ' '), 8).unwrap();
+    let sum: u32 = header[..148]
+        .iter()
+        .chain(&[b' '; 8])
+        .chain(&header[156..])
+        .map(|&b| u32::from(b))
+        .sum();
+    sum == recorded
+}
+
+#[test]
+fn changed_header_byte_in_a_segment_fails_the_layer_digest() {
+    // One digit of MEMBER's mtime, in the tar header the tar-split stores verbatim in the segment
+    // before it, with the header checksum fixed: the tar is still valid, the member's size and
+    // CRC-64 are untouched, and no record is re-keyed. Only the rebuilt layer's SHA-256, compared
+    // with the diff_id at the end of the layer, can tell.
+    let s = Sample::new();
+    let mut entries = top_tar_split(&s);
+    let seg = find_file(&entries, MEMBER.as_bytes()) - 1;
+    let mut payload = BASE64
+        .decode(entries[seg]["payload"].as_str().unwrap())
+        .unwrap();
+    let at = payload.len() - 512;
+    let header = &mut payload[at..];
+    assert_eq!(&header[..MEMBER.len()], MEMBER.as_bytes());
+    assert_eq!(&header[257..263], b"ustar\0", "a ustar header");
+    assert!(tar_checksum_ok(header), "the pristine header's checksum");
+    // mtime: 11 octal digits and a NUL; change the last digit (one second).
+    let digit = &mut header[146];
+    assert!((b'0'..=b'7').contains(digit));
+    *digit = if *digit == b'7' { b'6' } else { *digit + 1 };
+    header[148..156].fill(b' ');
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    assert!(tar_checksum_ok(header), "the forged header's checksum");
+    entries[seg]["payload"] = json!(BASE64.encode(&payload));
+    write_tar_split(&s.tar_split_path(s.top()), &entries);
+    s.expect_failure(&[&top_layer(&s), "not to its diff_id"]);
 }
 
 // ---- layerdb and overlay2 -----------------------------------------------------------------

@@ -98,7 +98,7 @@ impl TinyFs {
 
     fn mount_sized(size: &str) -> Option<TinyFs> {
         if !is_root() {
-            eprintln!("skipped: mounting a tmpfs needs root");
+            harness::skip("mounting a tmpfs needs root");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();

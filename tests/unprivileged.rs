@@ -14,11 +14,11 @@ use forge::*;
 
 const NOBODY: u32 = 65534;
 
-/// A command that runs the binary as `nobody`, or `None` (with the reason printed) when this
-/// host cannot do that.
+/// A command that runs the binary as `nobody`, or `None` when this host cannot do that (the
+/// test then skips with the reason printed, or fails under CI).
 fn as_nobody(bin: &Path) -> Option<Command> {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: dropping to another user needs root");
+        harness::skip("dropping to another user needs root");
         return None;
     }
     let found = |tool: &str| {
@@ -41,20 +41,22 @@ fn as_nobody(bin: &Path) -> Option<Command> {
         cmd.args(["-u", "nobody", "--"]).arg(bin);
         Some(cmd)
     } else {
-        eprintln!("skipped: neither setpriv nor runuser is installed");
+        harness::skip("neither setpriv nor runuser is installed");
         None
     }
 }
 
 /// A sample copy that `nobody` can reach, with the binary copied beside it (the build directory
-/// may sit under a directory only root can enter).
-fn reachable_sample() -> (Sample, PathBuf) {
+/// may sit under a directory only root can enter), or `None` when this host cannot run the
+/// binary as `nobody` (checked first: the tests' set-up, `chown`, needs root too).
+fn reachable_sample() -> Option<(Sample, PathBuf)> {
+    as_nobody(Path::new(BIN))?;
     let s = Sample::new();
     fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let bin = s.tmp.path().join("oci-export");
     fs::copy(BIN, &bin).unwrap();
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-    (s, bin)
+    Some((s, bin))
 }
 
 fn restrict(path: &Path, mode: u32) {
@@ -62,25 +64,25 @@ fn restrict(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn run_as_nobody(s: &Sample, bin: &Path) -> Option<Outcome> {
+fn run_as_nobody(s: &Sample, bin: &Path) -> Outcome {
     run_as_nobody_with(s, bin, &[])
 }
 
-fn run_as_nobody_with(s: &Sample, bin: &Path, extra: &[&str]) -> Option<Outcome> {
-    let mut cmd = as_nobody(bin)?;
+fn run_as_nobody_with(s: &Sample, bin: &Path, extra: &[&str]) -> Outcome {
+    let mut cmd = as_nobody(bin).expect("checked by reachable_sample");
     cmd.args(extra).arg("--data-root").arg(&s.root).arg(IMAGE);
-    Some(s.unchanged_by(|| run(cmd)))
+    s.unchanged_by(|| run(cmd))
 }
 
 #[test]
 fn control_nobody_can_export_a_readable_root() {
     // Without the restrictions below, `nobody` exports fine with either engine, although it owns
     // none of the files: the failures below are about permissions.
-    let (s, bin) = reachable_sample();
+    let Some((s, bin)) = reachable_sample() else {
+        return;
+    };
     for engine in engines() {
-        let Some(outcome) = run_as_nobody_with(&s, &bin, &["--io", engine]) else {
-            return;
-        };
+        let outcome = run_as_nobody_with(&s, &bin, &["--io", engine]);
         assert!(outcome.ok(), "[{engine}] {}", outcome.stderr);
         assert!(!outcome.stdout.is_empty());
     }
@@ -88,11 +90,11 @@ fn control_nobody_can_export_a_readable_root() {
 
 #[test]
 fn image_dir_readable_by_root_only() {
-    let (s, bin) = reachable_sample();
-    restrict(&s.root.join("image"), 0o700);
-    let Some(outcome) = run_as_nobody(&s, &bin) else {
+    let Some((s, bin)) = reachable_sample() else {
         return;
     };
+    restrict(&s.root.join("image"), 0o700);
+    let outcome = run_as_nobody(&s, &bin);
     assert_failed_with(&outcome, &["permission denied", "root"], "image/ 0700");
     assert!(outcome.stdout.is_empty());
 }
@@ -100,11 +102,11 @@ fn image_dir_readable_by_root_only() {
 #[test]
 fn data_root_searchable_by_root_only() {
     // Docker's own data root is drwx--x--- root:root.
-    let (s, bin) = reachable_sample();
-    restrict(&s.root, 0o710);
-    let Some(outcome) = run_as_nobody(&s, &bin) else {
+    let Some((s, bin)) = reachable_sample() else {
         return;
     };
+    restrict(&s.root, 0o710);
+    let outcome = run_as_nobody(&s, &bin);
     assert_failed_with(&outcome, &["permission denied", "root"], "data root 0710");
     assert!(outcome.stdout.is_empty());
 }
@@ -113,11 +115,11 @@ fn data_root_searchable_by_root_only() {
 fn layer_files_readable_by_root_only() {
     // Metadata readable, but a layer's files directory is not (overlay2/<id> is 0710 on a real
     // host, and diff/ contents may be 0600).
-    let (s, bin) = reachable_sample();
-    restrict(&s.root.join("overlay2").join(s.cache_id(s.top())), 0o700);
-    let Some(outcome) = run_as_nobody(&s, &bin) else {
+    let Some((s, bin)) = reachable_sample() else {
         return;
     };
+    restrict(&s.root.join("overlay2").join(s.cache_id(s.top())), 0o700);
+    let outcome = run_as_nobody(&s, &bin);
     let layer = s.diff_ids()[s.top()].to_string();
     assert_failed_with(
         &outcome,

@@ -27,6 +27,7 @@ use oci_export::tarsplit::crc64;
 pub use crate::harness::BIN;
 /// The committed sample data root.
 pub use crate::harness::SAMPLE_ROOT;
+pub use crate::harness::{assert_fingerprints_equal, fingerprint_tree, Cover};
 /// The sample image's tag.
 pub const IMAGE: &str = "sample:latest";
 /// No run of the sample may take longer than this; a hang (e.g. on a FIFO) fails the test.
@@ -152,9 +153,7 @@ impl Sample {
     /// size, mtime, ctime and content hash (or symlink target). Equal fingerprints mean nothing
     /// was written, created, removed, renamed or chmod'ed.
     pub fn fingerprint(&self) -> String {
-        let mut lines = Vec::new();
-        fingerprint_into(&self.root, &self.root, &mut lines);
-        lines.join("\n")
+        fingerprint_tree(&self.root, &|_| Cover::Whole).join("\n")
     }
 
     /// Every name left in the output directory.
@@ -273,56 +272,6 @@ pub fn copy_tree(from: &Path, to: &Path) {
             "unexpected file type in the sample root: {}",
             from.display()
         );
-    }
-}
-
-fn fingerprint_into(root: &Path, path: &Path, lines: &mut Vec<String>) {
-    let meta = fs::symlink_metadata(path).unwrap();
-    let rel = path.strip_prefix(root).unwrap();
-    let ft = meta.file_type();
-    let what = if ft.is_symlink() {
-        format!(
-            "link -> {:?}",
-            fs::read_link(path).unwrap().as_os_str().as_bytes()
-        )
-    } else if ft.is_file() {
-        format!("file {}", Digest::of(&fs::read(path).unwrap()))
-    } else if ft.is_dir() {
-        "dir".to_string()
-    } else {
-        format!("special rdev={}", meta.rdev())
-    };
-    lines.push(format!(
-        "{:?} mode={:o} uid={} gid={} size={} mtime={}.{} ctime={}.{} {what}",
-        rel.as_os_str().as_bytes(),
-        meta.mode(),
-        meta.uid(),
-        meta.gid(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.ctime(),
-        meta.ctime_nsec(),
-    ));
-    if ft.is_dir() {
-        let mut names: Vec<_> = fs::read_dir(path)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        for name in names {
-            fingerprint_into(root, &path.join(name), lines);
-        }
-    }
-}
-
-pub fn assert_fingerprints_equal(before: &str, after: &str) {
-    if before != after {
-        let b: Vec<&str> = before.lines().collect();
-        let a: Vec<&str> = after.lines().collect();
-        let gone: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
-        let new: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
-        panic!("the data root changed during the run:\nbefore: {gone:#?}\nafter: {new:#?}");
     }
 }
 
@@ -604,8 +553,6 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// pseudo-random data, with every record re-keyed so the layer is valid. Exporting it takes
 /// time proportional to `size`.
 pub fn sample_with_big_member(size: usize) -> Sample {
-    let s = Sample::new();
-    let top = s.top();
     let mut block = vec![0u8; 1 << 16];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for b in block.iter_mut() {
@@ -621,13 +568,35 @@ pub fn sample_with_big_member(size: usize) -> Sample {
         // Vary the blocks so no two are the same.
         block.rotate_left(7);
     }
-    fs::write(s.diff_dir(top).join("data/copied.txt"), &content).unwrap();
+    sample_with_member(&content)
+}
+
+/// `size` bytes without any repeat a compressor could find: they compress to about `size`.
+pub fn incompressible(size: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut data = Vec::with_capacity(size + 8);
+    while data.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(size);
+    data
+}
+
+/// A copy of the sample whose top-layer member `data/copied.txt` holds `content`, with every
+/// record re-keyed so the layer is valid.
+pub fn sample_with_member(content: &[u8]) -> Sample {
+    let s = Sample::new();
+    let top = s.top();
+    fs::write(s.diff_dir(top).join("data/copied.txt"), content).unwrap();
     let mut entries = read_tar_split(&s.tar_split_path(top));
     forge_member(
         &mut entries,
         b"data/copied.txt",
         b"data/copied.txt",
-        &content,
+        content,
     );
     s.forge_layer(top, &entries);
     s

@@ -5,7 +5,8 @@ pub mod engine;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use oci_export::digest::Digest;
@@ -14,6 +15,21 @@ use oci_export::digest::Digest;
 pub const BIN: &str = env!("CARGO_BIN_EXE_oci-export");
 /// The committed sample data root (made by a real engine).
 pub const SAMPLE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sample-root");
+
+/// Whether this is a CI run (`CI=true`), where a test that cannot run must fail, not skip.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Reports that this host cannot run a test: a note on stderr, so the test passes without
+/// proving anything, except under CI (`CI=true`), where it fails the test instead, so that CI
+/// cannot go green by skipping.
+pub fn skip(reason: &str) {
+    if under_ci() {
+        panic!("CI must run every test, but this one cannot run here: {reason}");
+    }
+    eprintln!("skipped: {reason}");
+}
 
 pub fn binary() -> Command {
     Command::new(BIN)
@@ -147,5 +163,94 @@ pub fn verify_oci_index(members: &BTreeMap<String, Vec<u8>>) {
             let blob = &members[&format!("blobs/sha256/{}", d.hex())];
             assert_eq!(layer["size"].as_u64().unwrap(), blob.len() as u64);
         }
+    }
+}
+
+/// How much of a path [`fingerprint_tree`] covers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Cover {
+    /// The path and everything under it.
+    Whole,
+    /// The same, except the path's own mtime and ctime (e.g. a directory in which someone else
+    /// creates and removes entries that are themselves left out).
+    WithoutTimes,
+    /// Neither the path nor anything under it.
+    Nothing,
+}
+
+/// A fingerprint of the tree under `root`: every path (quoted, non-UTF-8 bytes escaped) with its
+/// type, mode, owner, size, mtime, ctime and content hash (or symlink target), one line each, in
+/// name order. Equal fingerprints mean nothing was written, created, removed, renamed, chmod'ed
+/// or chown'ed. `cover` says, for each path relative to `root`, how much of it to cover.
+pub fn fingerprint_tree(root: &Path, cover: &dyn Fn(&Path) -> Cover) -> Vec<String> {
+    let mut lines = Vec::new();
+    fingerprint_into(root, root, cover, &mut lines);
+    lines
+}
+
+fn fingerprint_into(
+    root: &Path,
+    path: &Path,
+    cover: &dyn Fn(&Path) -> Cover,
+    lines: &mut Vec<String>,
+) {
+    let rel = path.strip_prefix(root).unwrap();
+    let how = cover(rel);
+    if how == Cover::Nothing {
+        return;
+    }
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    let ft = meta.file_type();
+    let what = if ft.is_symlink() {
+        format!(
+            "link -> {:?}",
+            std::fs::read_link(path).unwrap().as_os_str()
+        )
+    } else if ft.is_file() {
+        format!("file {}", Digest::of(&std::fs::read(path).unwrap()))
+    } else if ft.is_dir() {
+        "dir".to_string()
+    } else {
+        format!("special rdev={}", meta.rdev())
+    };
+    let times = if how == Cover::Whole {
+        format!(
+            " mtime={}.{} ctime={}.{}",
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        )
+    } else {
+        String::new()
+    };
+    lines.push(format!(
+        "{:?} mode={:o} uid={} gid={} size={}{times} {what}",
+        rel.as_os_str(),
+        meta.mode(),
+        meta.uid(),
+        meta.gid(),
+        meta.size(),
+    ));
+    if ft.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for name in names {
+            fingerprint_into(root, &path.join(name), cover, lines);
+        }
+    }
+}
+
+/// Panics, listing the lines that differ, unless two fingerprints are equal.
+pub fn assert_fingerprints_equal(before: &str, after: &str) {
+    if before != after {
+        let b: Vec<&str> = before.lines().collect();
+        let a: Vec<&str> = after.lines().collect();
+        let gone: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
+        let new: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
+        panic!("the data root changed during the run:\nbefore: {gone:#?}\nafter: {new:#?}");
     }
 }
