@@ -41,7 +41,7 @@ fn main() -> Result<()> {
         "case", "jobs", "MB/s in", "ratio", "size"
     );
 
-    if filter.as_deref().map_or(true, |f| "serial".contains(f)) {
+    if filter.as_deref().is_none_or(|f| "serial".contains(f)) {
         for level in [1, 6] {
             let start = Instant::now();
             let mut gz = flate2::write::GzEncoder::new(Counter(0), flate2::Compression::new(level));
