@@ -225,6 +225,182 @@ fn the_cache_is_reused_and_a_tampered_entry_is_rebuilt() {
     assert!(String::from_utf8_lossy(&ls.stdout).contains("0 blobs"));
 }
 
+/// The cache's entries (their metadata files), sorted by diff_id and level.
+fn cache_entries(cache: &Path) -> Vec<serde_json::Value> {
+    let mut entries: Vec<serde_json::Value> = std::fs::read_dir(cache.join("v1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    entries.sort_by_key(|e| {
+        (
+            e["diff_id"].as_str().unwrap().to_string(),
+            e["level"].as_i64(),
+        )
+    });
+    entries
+}
+
+/// Names of the cache's blob files, sorted.
+fn cache_blob_files(cache: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache.join("v1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".blob"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn at_level(entries: &[serde_json::Value], level: i64) -> Vec<serde_json::Value> {
+    entries
+        .iter()
+        .filter(|e| e["level"] == level)
+        .cloned()
+        .collect()
+}
+
+fn total_size(entries: &[serde_json::Value]) -> u64 {
+    entries.iter().map(|e| e["size"].as_u64().unwrap()).sum()
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn cache_prune_to_a_size_evicts_least_recently_used_and_exports_recompress() {
+    // The bound applied after each export is fixed (10 GiB), far above the sample: the bound
+    // that can be chosen is `cache prune --max-size`.
+    let root = sample_root();
+    let root = root.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_path = dir.path().join("cache");
+    let cache = cache_path.to_str().unwrap();
+    let export = |level: &str| {
+        let out = run_ok(&sample_args(
+            root,
+            &[
+                "-c",
+                "zstd",
+                "--level",
+                level,
+                "--cache-dir",
+                cache,
+                "sample",
+            ],
+        ));
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(20));
+
+    // Level 1's entries are made first, level 2's next, then level 1's are used again (cache
+    // hits): level 2's are the least recently used.
+    let level_1 = export("1");
+    pause();
+    let level_2 = export("2");
+    pause();
+    assert!(export("1") == level_1, "a cache hit gives the same archive");
+    let entries = cache_entries(&cache_path);
+    assert_eq!(entries.len(), 6, "three layers at two levels");
+    let (kept, evicted) = (at_level(&entries, 1), at_level(&entries, 2));
+    assert_eq!((kept.len(), evicted.len()), (3, 3));
+    let newest_evicted = evicted
+        .iter()
+        .map(|e| e["last_used_unix_ms"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    for e in &kept {
+        assert!(
+            e["last_used_unix_ms"].as_u64().unwrap() > newest_evicted,
+            "a hit refreshes its entry's last use: {e}"
+        );
+    }
+
+    // Pruned to exactly what level 1's entries take: level 2's go, level 1's stay.
+    let bound = total_size(&kept);
+    let max_size = bound.to_string();
+    pause();
+    let pruned_at = now_unix_ms();
+    let out = run_ok(&[
+        "cache",
+        "prune",
+        "--max-size",
+        &max_size,
+        "--cache-dir",
+        cache,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "removed 3 blobs ({} bytes); kept 3 blobs ({bound} bytes)\n",
+            total_size(&evicted)
+        )
+    );
+    let left = cache_entries(&cache_path);
+    assert_eq!(
+        left, kept,
+        "only the most recently used entries are left, untouched"
+    );
+    let on_disk: u64 = cache_blob_files(&cache_path)
+        .iter()
+        .map(|n| {
+            std::fs::metadata(cache_path.join("v1").join(n))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(
+        cache_blob_files(&cache_path).len(),
+        3,
+        "evicted blobs are deleted"
+    );
+    assert!(on_disk <= bound, "{on_disk} bytes left, bound {bound}");
+    // Within the bound, nothing more goes.
+    let out = run_ok(&[
+        "cache",
+        "prune",
+        "--max-size",
+        &max_size,
+        "--cache-dir",
+        cache,
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("removed 0 blobs (0 bytes)"));
+
+    // The evicted level compresses again, to the same archive, and is cached anew.
+    assert!(
+        export("2") == level_2,
+        "recompressed after pruning, same bytes"
+    );
+    let entries = cache_entries(&cache_path);
+    assert_eq!(entries.len(), 6);
+    for e in at_level(&entries, 2) {
+        assert!(
+            e["created_unix_ms"].as_u64().unwrap() >= pruned_at,
+            "made anew, not left over: {e}"
+        );
+        let old = evicted
+            .iter()
+            .find(|o| o["diff_id"] == e["diff_id"])
+            .unwrap();
+        assert_eq!(e["digest"], old["digest"], "the same blob");
+    }
+    assert_eq!(
+        at_level(&entries, 1),
+        kept,
+        "the kept entries were not touched"
+    );
+}
+
 #[test]
 fn the_gzip_encoder_needs_gzip_and_isal_needs_an_isal_build() {
     let root = sample_root();
