@@ -103,10 +103,24 @@ fn cut_back(t: Truncation) {
 fn remove_all() {
     let paths = std::mem::take(&mut *TEMPORARY_PATHS.lock().unwrap_or_else(|e| e.into_inner()));
     for p in paths {
-        let _ = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
+        if p.is_dir() {
+            remove_dir_while_written(&p);
         } else {
-            std::fs::remove_file(&p)
-        };
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Removes a directory that threads still running may be adding files to (a layout directory
+/// or scratch blobs being written): a removal that raced a new file fails with ENOTEMPTY, so
+/// it is retried a few times before giving up.
+fn remove_dir_while_written(dir: &Path) {
+    for _ in 0..20 {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            _ => return,
+        }
     }
 }

@@ -152,6 +152,8 @@ struct Replay<'e> {
     engine: &'e mut UringEngine,
     /// The layer directory every member is opened relative to.
     dir_fd: i32,
+    /// The layer directory, for messages.
+    dir_path: &'e std::path::Path,
     queue: VecDeque<Item>,
     /// Queue positions are stable for user_data: item `i` is at `queue[i - popped]`.
     popped: u64,
@@ -204,6 +206,7 @@ impl ReadEngine for UringEngine {
         let mut replay = Replay {
             engine: self,
             dir_fd: dir.fd().as_raw_fd(),
+            dir_path: dir.path(),
             queue: VecDeque::new(),
             popped: 0,
             in_flight: 0,
@@ -287,7 +290,11 @@ impl Replay<'_> {
                 Ok(fd) => break Some(opened(File::from(fd), &entry)?),
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break None,
                 Err(e) if retry_without_noatime(e.raw_os_error(), cached_how.flags) => {}
-                Err(e) => bail!("file {:?}: cannot open it: {e}", entry.display_name()),
+                Err(e) => bail!(
+                    "file {:?}: cannot open it in {}: {e}",
+                    entry.display_name(),
+                    self.dir_path.display()
+                ),
             }
         };
         let open_pending = file.is_none();
@@ -450,7 +457,11 @@ impl Replay<'_> {
                     }
                     if result < 0 {
                         let e = std::io::Error::from_raw_os_error(-result);
-                        bail!("file {:?}: cannot open it: {e}", state.entry.display_name());
+                        bail!(
+                            "file {:?}: cannot open it in {}: {e}",
+                            state.entry.display_name(),
+                            self.dir_path.display()
+                        );
                     }
                     // SAFETY: the kernel returned a new descriptor that we now own.
                     let file = unsafe { File::from_raw_fd(result) };
