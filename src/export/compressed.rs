@@ -19,7 +19,7 @@ use crate::cache::{Key, PendingBlob};
 use crate::compress::{CompressedBlob, Compressor, Settings};
 use crate::io::EngineFactory;
 use crate::model::Layer;
-use crate::reassembly::{measure_layer, rebuild_layer, Block, BlockSink, WriteBlocks};
+use crate::reassembly::{rebuild_layer, Block, BlockSink, WriteBlocks};
 use crate::sink::plan::{BlobInfo, ReadyBlob, ReadyBlobs};
 use crate::sink::writer::Progress;
 
@@ -246,8 +246,6 @@ fn compress(
     stop: &AtomicBool,
 ) -> Result<CompressedBlob> {
     let layer = &job.layers[index];
-    // The sizing pass also rejects a tar-split that lists a path twice.
-    let size = measure_layer(layer)?.tar_size;
     let mut compressor = Compressor::new(job.settings, out)?;
     let mut engine = job.engines.create()?;
     let mut sink = Watched {
@@ -255,7 +253,9 @@ fn compress(
         stop,
         progress: job.progress,
     };
-    rebuild_layer(layer, size, engine.as_mut(), &mut sink)?;
+    // No sizing pass: the blob's size is known when it is made; the one pass checks for
+    // duplicate paths itself.
+    rebuild_layer(layer, None, engine.as_mut(), &mut sink)?;
     compressor.finish()
 }
 

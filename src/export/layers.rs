@@ -37,6 +37,11 @@ pub struct Rebuilder<'a> {
 impl BlobProducer for Rebuilder<'_> {
     fn produce(&self, index: usize, out: &mut dyn BlockSink) -> Result<()> {
         let mut engine = self.engines.create()?;
-        rebuild_layer(&self.layers[index], self.sizes[index], engine.as_mut(), out)
+        rebuild_layer(
+            &self.layers[index],
+            Some(self.sizes[index]),
+            engine.as_mut(),
+            out,
+        )
     }
 }

@@ -168,9 +168,9 @@ pub fn run(req: &ExportRequest) -> Result<()> {
                 export.uncompressed(destination, &sizes)
             })
         }
-        // Compressed layers are measured only when they have to be made: a cache hit needs no
-        // pass over tar-split. Their total is not known up front, so progress shows bytes
-        // processed and a rate.
+        // Compressed layers need no sizing pass: a blob's size is known once it is made, and a
+        // cache hit reads no tar-split at all. Their total is not known up front, so progress
+        // shows bytes processed and a rate.
         Some(settings) => export.reporting(None, || export.compressed(settings, destination)),
     }
 }

@@ -9,7 +9,8 @@
 //!    file's CRC-64 against tar-split and the whole stream's SHA-256 against the diff_id.
 //!
 //! Re-parsing costs a few milliseconds per layer and keeps memory flat however many files the
-//! layer has.
+//! layer has. A compressed layer needs no size up front, so it gets pass 2 alone, which then
+//! also checks that no path repeats.
 
 pub mod blocks;
 mod parse_ahead;
@@ -82,10 +83,12 @@ pub fn measure_layer(layer: &Layer) -> Result<LayerMeasure> {
 }
 
 /// Pass 2: writes the layer tar to `out`, verified. `expected_size` comes from pass 1; a
-/// different size now means the tar-split changed between the passes.
+/// different size now means the tar-split changed between the passes. Without a first pass
+/// (`None`: a compressed layer, whose size nobody needs before it is made), this pass also
+/// checks that no path repeats.
 pub fn rebuild_layer(
     layer: &Layer,
-    expected_size: u64,
+    expected_size: Option<u64>,
     engine: &mut dyn ReadEngine,
     out: &mut dyn BlockSink,
 ) -> Result<()> {
@@ -96,9 +99,12 @@ pub fn rebuild_layer(
             file_root,
         } => {
             let dir = LayerDir::open(file_root).with_context(|| layer.origin.clone())?;
-            // The first pass already checked for duplicate paths.
-            let reader = TarSplitReader::gzipped(open_tar_split(tar_split, layer)?);
-            let mut entries = ParseAhead::start(reader.without_duplicate_check());
+            let mut reader = TarSplitReader::gzipped(open_tar_split(tar_split, layer)?);
+            if expected_size.is_some() {
+                // The first pass already checked for duplicate paths.
+                reader = reader.without_duplicate_check();
+            }
+            let mut entries = ParseAhead::start(reader);
             engine
                 .replay(&dir, &mut entries, &mut sink)
                 .with_context(|| layer.origin.clone())?;
@@ -108,7 +114,7 @@ pub fn rebuild_layer(
         LayerContent::Directory { .. } => bail!(missing_tar_split(layer)),
     }
     let (digest, size) = sink.finish().with_context(|| layer.origin.clone())?;
-    if size != expected_size {
+    if let Some(expected_size) = expected_size.filter(|&expected| expected != size) {
         bail!(
             "{}: rebuilt {size} bytes where the first pass measured {expected_size}; the \
              tar-split changed during the export",
