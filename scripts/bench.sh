@@ -15,6 +15,7 @@ scale=${OE_BENCH_SCALE:-full}
 
 "$root/scripts/install-deps.sh"
 . "$root/scripts/toolchain.sh"
+trap return_build_dir EXIT
 # The benchmark alone also times ISA-L's igzip, as the reference for a faster deflate.
 command -v igzip >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq isal >/dev/null; }
 # With the optional ISA-L gzip encoder (install-deps.sh installed libisal-dev).

@@ -86,7 +86,8 @@ pub fn unregister_truncation() {
 
 /// Cuts the file back. Other threads may still be writing to it: the descriptor they use is
 /// first pointed at `/dev/null` (through `dup2`, atomically), so their later writes cannot
-/// extend the file again once it is cut back.
+/// extend the file again once it is cut back. A write already under way when that happens
+/// still lands in the file, so the cut is made again once such writes have had time to end.
 fn cut_back(t: Truncation) {
     // SAFETY: plain system calls on descriptors; `t.fd` is open while registered, and the
     // duplicate and `/dev/null` are ours.
@@ -96,7 +97,11 @@ fn cut_back(t: Truncation) {
         if file >= 0 && null >= 0 {
             libc::dup2(null, t.fd);
         }
-        libc::ftruncate(if file >= 0 { file } else { t.fd }, t.len as libc::off_t);
+        let target = if file >= 0 { file } else { t.fd };
+        libc::ftruncate(target, t.len as libc::off_t);
+        // One write is at most a block of a few MiB into the page cache: far below this.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        libc::ftruncate(target, t.len as libc::off_t);
     }
 }
 

@@ -735,6 +735,11 @@ fn unusable_destinations_are_refused_before_any_layer_is_read() {
             vec!["symbolic link"],
         ),
         (
+            &s.out_dir,
+            [&oci_dir[..], &["-o", "link/"]].concat(),
+            vec!["symbolic link"],
+        ),
+        (
             &empty,
             [&oci_dir[..], &["-o", "."]].concat(),
             vec!["current directory"],

@@ -166,6 +166,8 @@ struct Replay<'e> {
     /// Reused between loop turns, to keep allocation out of the hot loop.
     to_submit: Vec<(usize, usize, i32)>,
     completions: Vec<(u64, i32)>,
+    /// Completions of the current batch handled so far (the rest are unclaimed on an error).
+    handled: usize,
 }
 
 /// An `openat2` of `name` relative to `dir_fd`. The kernel reads `how` and `name` when the entry
@@ -216,6 +218,7 @@ impl ReadEngine for UringEngine {
             scan_from: 0,
             to_submit: Vec::new(),
             completions: Vec::new(),
+            handled: 0,
         };
         let result = replay.run(dir, entries, sink);
         // Never free a buffer the kernel may still write into: if the ring cannot be drained,
@@ -422,6 +425,10 @@ impl Replay<'_> {
                 .map(|cqe| (cqe.user_data(), cqe.result())),
         );
         let result = self.handle_completions(&completions);
+        if result.is_err() {
+            // Opens later in the batch than the failure were never claimed by a file.
+            close_unclaimed_opens(&completions[self.handled..]);
+        }
         completions.clear();
         self.completions = completions;
         result
@@ -431,7 +438,9 @@ impl Replay<'_> {
         // The whole batch has left the ring, even if handling stops at an error part-way:
         // `drain` must not wait for completions that were already taken.
         self.in_flight -= completions.len();
+        self.handled = 0;
         for &(data, result) in completions {
+            self.handled += 1;
             let op = data & 0xff;
             let abs_chunk = (data >> 8) & 0xff_ffff;
             let pos = ((data >> 32).wrapping_sub(self.popped) & 0xffff_ffff) as usize;
@@ -543,15 +552,26 @@ impl Replay<'_> {
     fn drain(&mut self) -> Result<()> {
         while self.in_flight > 0 {
             submit_and_wait(&self.engine.ring, 1)?;
-            for cqe in self.engine.ring.completion() {
-                self.in_flight -= 1;
-                if cqe.user_data() & 0xff == OP_OPEN && cqe.result() >= 0 {
-                    // SAFETY: a descriptor the kernel opened for us and nobody else holds.
-                    drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
-                }
-            }
+            let unseen: Vec<(u64, i32)> = self
+                .engine
+                .ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result()))
+                .collect();
+            self.in_flight -= unseen.len();
+            close_unclaimed_opens(&unseen);
         }
         Ok(())
+    }
+}
+
+/// Closes the descriptors of successful opens among `completions`, which nobody will use.
+fn close_unclaimed_opens(completions: &[(u64, i32)]) {
+    for &(data, result) in completions {
+        if data & 0xff == OP_OPEN && result >= 0 {
+            // SAFETY: a descriptor the kernel opened for us and nobody else holds.
+            drop(unsafe { OwnedFd::from_raw_fd(result) });
+        }
     }
 }
 

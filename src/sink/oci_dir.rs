@@ -143,11 +143,19 @@ impl PartialDir {
     }
 }
 
+/// `target` without trailing slashes (`/` stays `/`).
+fn without_trailing_slashes(target: &Path) -> &Path {
+    let bytes = target.as_os_str().as_bytes();
+    match bytes.iter().rposition(|&b| b != b'/') {
+        Some(last) => Path::new(std::ffi::OsStr::from_bytes(&bytes[..=last])),
+        None => target,
+    }
+}
+
 /// Refuses a target whose last component, as given, is `.` or `..`: the current directory or
 /// one of its parents cannot be renamed over, which only the final rename would otherwise tell.
 fn refuse_dot_name(target: &Path) -> Result<()> {
-    let bytes = target.as_os_str().as_bytes();
-    let trimmed = &bytes[..bytes.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1)];
+    let trimmed = without_trailing_slashes(target).as_os_str().as_bytes();
     let last = trimmed.rsplit(|&b| b == b'/').next().unwrap_or_default();
     if last == b"." || last == b".." {
         bail!(
@@ -162,7 +170,8 @@ fn refuse_dot_name(target: &Path) -> Result<()> {
 /// Checked up front, so that a target the final rename cannot replace is refused before any
 /// work is done.
 fn check_replaceable(target: &Path) -> Result<()> {
-    let meta = match std::fs::symlink_metadata(target) {
+    // `link/` would be looked at through the link; the rename at the end sees `link` itself.
+    let meta = match std::fs::symlink_metadata(without_trailing_slashes(target)) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", target.display())),
