@@ -166,8 +166,6 @@ struct Replay<'e> {
     /// Reused between loop turns, to keep allocation out of the hot loop.
     to_submit: Vec<(usize, usize, i32)>,
     completions: Vec<(u64, i32)>,
-    /// Completions of the current batch handled so far (the rest are unclaimed on an error).
-    handled: usize,
 }
 
 /// An `openat2` of `name` relative to `dir_fd`. The kernel reads `how` and `name` when the entry
@@ -218,7 +216,6 @@ impl ReadEngine for UringEngine {
             scan_from: 0,
             to_submit: Vec::new(),
             completions: Vec::new(),
-            handled: 0,
         };
         let result = replay.run(dir, entries, sink);
         // Never free a buffer the kernel may still write into: if the ring cannot be drained,
@@ -418,100 +415,94 @@ impl Replay<'_> {
 
     fn reap(&mut self) -> Result<()> {
         let mut completions = std::mem::take(&mut self.completions);
-        completions.extend(
-            self.engine
-                .ring
-                .completion()
-                .map(|cqe| (cqe.user_data(), cqe.result())),
-        );
-        let result = self.handle_completions(&completions);
-        if result.is_err() {
-            // Opens later in the batch than the failure were never claimed by a file.
-            close_unclaimed_opens(&completions[self.handled..]);
+        completions.extend(taken_completions(&mut self.engine.ring));
+        // The whole batch has left the ring, even if handling stops at an error part-way:
+        // `drain` must not wait for completions that were already taken.
+        self.in_flight -= completions.len();
+        let mut result = Ok(());
+        for (i, &(data, res)) in completions.iter().enumerate() {
+            result = self.handle_completion(data, res);
+            if result.is_err() {
+                // Opens later in the batch than the failure were never claimed by a file.
+                close_unclaimed_opens(&completions[i + 1..]);
+                break;
+            }
         }
         completions.clear();
         self.completions = completions;
         result
     }
 
-    fn handle_completions(&mut self, completions: &[(u64, i32)]) -> Result<()> {
-        // The whole batch has left the ring, even if handling stops at an error part-way:
-        // `drain` must not wait for completions that were already taken.
-        self.in_flight -= completions.len();
-        self.handled = 0;
-        for &(data, result) in completions {
-            self.handled += 1;
-            let op = data & 0xff;
-            let abs_chunk = (data >> 8) & 0xff_ffff;
-            let pos = ((data >> 32).wrapping_sub(self.popped) & 0xffff_ffff) as usize;
-            let Some(Item::File(state)) = self.queue.get_mut(pos) else {
-                bail!("io_uring completion for an unknown item");
-            };
-            match op {
-                OP_OPEN => {
-                    state.open_pending = false;
-                    let asked = if state.noatime {
-                        libc::O_NOATIME as u64
-                    } else {
-                        0
-                    };
-                    if result < 0 && retry_without_noatime(Some(-result), asked) {
-                        state.noatime = false;
-                        state.open_pending = true;
-                        let sqe =
-                            open_sqe(&self.engine.how_without_noatime, self.dir_fd, &state.name)
-                                .user_data(data);
-                        self.push(sqe)?;
-                        continue;
-                    }
-                    if result < 0 {
-                        let e = std::io::Error::from_raw_os_error(-result);
-                        bail!(
-                            "file {:?}: cannot open it in {}: {e}",
-                            state.entry.display_name(),
-                            self.dir_path.display()
-                        );
-                    }
-                    // SAFETY: the kernel returned a new descriptor that we now own.
-                    let file = unsafe { File::from_raw_fd(result) };
-                    state.file = Some(opened(file, &state.entry)?);
+    fn handle_completion(&mut self, data: u64, result: i32) -> Result<()> {
+        let op = data & 0xff;
+        let abs_chunk = (data >> 8) & 0xff_ffff;
+        let pos = ((data >> 32).wrapping_sub(self.popped) & 0xffff_ffff) as usize;
+        let Some(Item::File(state)) = self.queue.get_mut(pos) else {
+            bail!("io_uring completion for an unknown item");
+        };
+        match op {
+            OP_OPEN => {
+                state.open_pending = false;
+                let asked = if state.noatime {
+                    libc::O_NOATIME as u64
+                } else {
+                    0
+                };
+                if result < 0 && retry_without_noatime(Some(-result), asked) {
+                    state.noatime = false;
+                    state.open_pending = true;
+                    let sqe = open_sqe(&self.engine.how_without_noatime, self.dir_fd, &state.name)
+                        .user_data(data);
+                    self.push(sqe)?;
+                    return Ok(());
                 }
-                OP_READ => {
-                    let base = state.delivered / CHUNK as u64;
-                    let idx = (abs_chunk.wrapping_sub(base) & 0xff_ffff) as usize;
-                    let chunk = &mut state.chunks[idx];
-                    chunk.in_flight = false;
-                    if result == -libc::EAGAIN {
-                        // Kernels before 5.10 or so return EAGAIN to io_uring reads of an
-                        // O_NONBLOCK file whose pages are not cached (the flag is only there
-                        // for the open, against FIFOs): drop it and read again, blocking.
-                        let fd = state.file.as_ref().expect("read implies open").as_raw_fd();
-                        clear_nonblock(fd).map_err(|e| {
-                            anyhow!("file {:?}: fcntl failed: {e}", state.entry.display_name())
-                        })?;
-                        self.submit_chunk(pos, idx, fd)?;
-                        continue;
-                    }
-                    if result < 0 {
-                        let e = std::io::Error::from_raw_os_error(-result);
-                        bail!("file {:?}: read failed: {e}", state.entry.display_name());
-                    }
-                    if result == 0 {
-                        bail!(
-                            "file {:?}: ended at byte {} of {} (truncated while reading)",
-                            state.entry.display_name(),
-                            chunk.offset + chunk.filled as u64,
-                            state.entry.size
-                        );
-                    }
-                    chunk.filled += result as usize;
-                    if chunk.filled < chunk.len {
-                        let fd = state.file.as_ref().expect("read implies open").as_raw_fd();
-                        self.submit_chunk(pos, idx, fd)?;
-                    }
+                if result < 0 {
+                    let e = std::io::Error::from_raw_os_error(-result);
+                    bail!(
+                        "file {:?}: cannot open it in {}: {e}",
+                        state.entry.display_name(),
+                        self.dir_path.display()
+                    );
                 }
-                _ => bail!("io_uring completion with an unknown operation"),
+                // SAFETY: the kernel returned a new descriptor that we now own.
+                let file = unsafe { File::from_raw_fd(result) };
+                state.file = Some(opened(file, &state.entry)?);
             }
+            OP_READ => {
+                let base = state.delivered / CHUNK as u64;
+                let idx = (abs_chunk.wrapping_sub(base) & 0xff_ffff) as usize;
+                let chunk = &mut state.chunks[idx];
+                chunk.in_flight = false;
+                if result == -libc::EAGAIN {
+                    // Kernels before 5.10 or so return EAGAIN to io_uring reads of an
+                    // O_NONBLOCK file whose pages are not cached (the flag is only there
+                    // for the open, against FIFOs): drop it and read again, blocking.
+                    let fd = state.file.as_ref().expect("read implies open").as_raw_fd();
+                    clear_nonblock(fd).map_err(|e| {
+                        anyhow!("file {:?}: fcntl failed: {e}", state.entry.display_name())
+                    })?;
+                    self.submit_chunk(pos, idx, fd)?;
+                    return Ok(());
+                }
+                if result < 0 {
+                    let e = std::io::Error::from_raw_os_error(-result);
+                    bail!("file {:?}: read failed: {e}", state.entry.display_name());
+                }
+                if result == 0 {
+                    bail!(
+                        "file {:?}: ended at byte {} of {} (truncated while reading)",
+                        state.entry.display_name(),
+                        chunk.offset + chunk.filled as u64,
+                        state.entry.size
+                    );
+                }
+                chunk.filled += result as usize;
+                if chunk.filled < chunk.len {
+                    let fd = state.file.as_ref().expect("read implies open").as_raw_fd();
+                    self.submit_chunk(pos, idx, fd)?;
+                }
+            }
+            _ => bail!("io_uring completion with an unknown operation"),
         }
         Ok(())
     }
@@ -552,17 +543,17 @@ impl Replay<'_> {
     fn drain(&mut self) -> Result<()> {
         while self.in_flight > 0 {
             submit_and_wait(&self.engine.ring, 1)?;
-            let unseen: Vec<(u64, i32)> = self
-                .engine
-                .ring
-                .completion()
-                .map(|cqe| (cqe.user_data(), cqe.result()))
-                .collect();
+            let unseen: Vec<(u64, i32)> = taken_completions(&mut self.engine.ring).collect();
             self.in_flight -= unseen.len();
             close_unclaimed_opens(&unseen);
         }
         Ok(())
     }
+}
+
+/// The completions waiting in the ring, as (user_data, result), taken off it.
+fn taken_completions(ring: &mut IoUring) -> impl Iterator<Item = (u64, i32)> + '_ {
+    ring.completion().map(|cqe| (cqe.user_data(), cqe.result()))
 }
 
 /// Closes the descriptors of successful opens among `completions`, which nobody will use.
