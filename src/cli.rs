@@ -2,21 +2,36 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::{bail, Result};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
+use crate::compress::{Algorithm, Settings};
+use crate::export::plan::Requested;
 use crate::io::IoMode;
+use crate::source::{Platform, PlatformChoice, SourceOptions, StoreKind, DEFAULT_NAMESPACE};
+
+const EXAMPLES: &str = "\
+Examples:
+  sudo oci-export myapp:1.4 > myapp.tar
+  sudo oci-export myapp:1.4 base:2 -o images.tar
+  sudo oci-export --data-root /mnt/docker myapp -o myapp.tar
+  sudo oci-export -c zstd myapp:1.4 -o myapp.tar
+  sudo oci-export --format oci-dir -c gzip myapp:1.4 -o ./myapp-layout
+  sudo oci-export push myapp:1.4 registry.example.com/team/myapp:1.4
+  sudo oci-export cache ls";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "oci-export",
     version,
-    about = "Export container images straight from Docker's on-disk storage, byte for byte",
-    long_about = "Export container images straight from Docker's overlay2 storage, without the \
-                  daemon. Each layer is rebuilt byte for byte from its tar-split record and \
-                  verified (per-file CRC-64, per-layer SHA-256 against the diff_id). The default \
-                  output is the archive `docker save` (v25+) writes, readable by docker load, \
-                  skopeo, podman and crane.",
-    after_help = "Examples:\n  sudo oci-export myapp:1.4 > myapp.tar\n  sudo oci-export myapp:1.4 base:2 -o images.tar\n  sudo oci-export --data-root /mnt/docker myapp -o myapp.tar\n  sudo oci-export -c zstd myapp:1.4 -o myapp.tar\n  sudo oci-export -c gzip --gzip-encoder isal myapp:1.4 -o myapp.tar\n  sudo oci-export --format oci-dir -c gzip myapp:1.4 -o ./myapp-layout\n  sudo oci-export cache ls",
+    about = "Export container images straight from an engine's on-disk storage, byte for byte",
+    long_about = "Export container images straight from an engine's on-disk storage, without \
+                  the daemon. Each layer is rebuilt byte for byte from its tar-split record and \
+                  verified (per-file CRC-64, per-layer SHA-256 against the diff_id), or copied \
+                  from the content store verified against its digest. The default output is \
+                  the archive `docker save` (v25+) writes, readable by docker load, skopeo, \
+                  podman and crane; `push` puts the image in a registry instead.",
+    after_help = EXAMPLES,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -32,18 +47,62 @@ pub struct Args {
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
 
-    /// Docker's data root [default: data-root from /etc/docker/daemon.json, else /var/lib/docker].
-    #[arg(long, value_name = "DIR")]
-    pub data_root: Option<PathBuf>,
-
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Archive)]
     pub format: Format,
 
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub layers: LayerArgs,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Where the images are.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct SourceArgs {
+    /// Which image store to read [default: auto: the one Docker uses, overlay2 where it holds
+    /// the image, else containerd's].
+    #[arg(long, value_enum, default_value_t = StoreKind::Auto, value_name = "STORE")]
+    pub store: StoreKind,
+
+    /// The store's root: Docker's data root [default: data-root from /etc/docker/daemon.json,
+    /// else /var/lib/docker], containerd's root, or the containers-storage graph root.
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+
+    /// containerd namespace [default: moby, Docker's; k8s.io for Kubernetes].
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+
+    /// The platform of a multi-platform image to take, os/arch[/variant] [default: this
+    /// machine's].
+    #[arg(long, value_name = "PLATFORM", conflicts_with = "all_platforms")]
+    pub platform: Option<Platform>,
+
+    /// Take every platform of a multi-platform image.
+    #[arg(long)]
+    pub all_platforms: bool,
+
+    /// Rebuild layers that lost their tar-split record (or blob) from their directory,
+    /// Docker-style. Their bytes cannot be the originals, so they get new diff_ids and the image
+    /// a new ID (reported on stderr).
+    #[arg(long)]
+    pub regenerate_missing: bool,
+}
+
+/// How layers are written.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct LayerArgs {
     /// Layer compression. The config's diff_ids never change; manifests carry the compressed
-    /// digests and media types.
-    #[arg(short = 'c', long, value_enum, default_value_t = Compression::None)]
-    pub compression: Compression,
+    /// digests and media types. Stored blobs already in the asked-for form are kept as they
+    /// are [default: the store's own form: tars from Docker's overlay2 store and
+    /// containers-storage, blobs as stored from containerd; gzip for push].
+    #[arg(short = 'c', long, value_enum)]
+    pub compression: Option<Compression>,
 
     /// Compression level [default: 6 for gzip, 3 for zstd; 1 for gzip by ISA-L, whose levels
     /// are 0-3].
@@ -63,7 +122,11 @@ pub struct Args {
     /// Do not keep compressed layers for the next export.
     #[arg(long)]
     pub no_cache: bool,
+}
 
+/// How the work runs.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct RunArgs {
     /// I/O engine: io_uring when available (auto), io_uring or fail (uring), plain reads (sync).
     #[arg(long = "io", value_enum, default_value_t = IoMode::Auto, value_name = "MODE")]
     pub io_mode: IoMode,
@@ -72,12 +135,6 @@ pub struct Args {
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
 
-    /// Rebuild layers that lost their tar-split record from their directory, Docker-style.
-    /// Their bytes cannot be the originals, so they get new diff_ids and the image a new ID
-    /// (reported on stderr).
-    #[arg(long)]
-    pub regenerate_missing: bool,
-
     /// No progress on stderr (progress is shown only when stderr is a terminal anyway).
     #[arg(short, long)]
     pub quiet: bool,
@@ -85,6 +142,9 @@ pub struct Args {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Push an image from storage straight to a registry; prints `<repository>@<digest>`.
+    #[command(after_help = PUSH_EXAMPLES)]
+    Push(Box<PushArgs>),
     /// Inspect or trim the compressed-blob cache.
     Cache {
         #[command(subcommand)]
@@ -96,6 +156,45 @@ pub enum Command {
         #[arg(long, value_name = "DIR", global = true)]
         data_root: Option<PathBuf>,
     },
+}
+
+const PUSH_EXAMPLES: &str = "\
+Examples:
+  sudo oci-export push myapp:1.4 registry.example.com/team/myapp:1.4
+  sudo oci-export push -c zstd myapp:1.4 ghcr.io/org/myapp:1.4-zstd
+  sudo oci-export push --data-root /mnt/docker myapp:1.4 127.0.0.1:5000/myapp:1.4
+
+Credentials come from the docker CLI's config ($DOCKER_CONFIG/config.json, else
+~/.docker/config.json: credHelpers, credsStore, auths); `docker login` once and push.";
+
+#[derive(ClapArgs, Debug)]
+pub struct PushArgs {
+    /// The image to push, as for an export.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+
+    /// Where to push it: registry/repository[:tag] (a bare name means Docker Hub, :latest).
+    #[arg(value_name = "DEST")]
+    pub destination: String,
+
+    /// Allow plain HTTP, and TLS certificates that do not verify, for this registry (loopback
+    /// registries may use plain HTTP without it, as Docker allows).
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// Where per-registry certificates are (<DIR>/<host:port>/ca.crt, client.cert, client.key)
+    /// [default: /etc/docker/certs.d and /etc/containers/certs.d].
+    #[arg(long, value_name = "DIR")]
+    pub certs_dir: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub layers: LayerArgs,
+
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -133,6 +232,66 @@ pub enum Compression {
     Zstd,
 }
 
+impl SourceArgs {
+    pub fn options(&self) -> SourceOptions {
+        SourceOptions {
+            kind: self.store,
+            root: self.data_root.clone(),
+            namespace: self
+                .namespace
+                .clone()
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+            platform: match (&self.platform, self.all_platforms) {
+                (_, true) => PlatformChoice::All,
+                (Some(p), false) => PlatformChoice::Only(p.clone()),
+                (None, false) => PlatformChoice::Host,
+            },
+        }
+    }
+}
+
+impl LayerArgs {
+    /// The layer form asked for; `default` when no `-c` was given (`None`: the store's own).
+    pub fn requested(&self, jobs: usize, default: Option<Compression>) -> Result<Requested> {
+        let compression = self.compression.or(default);
+        if self.gzip_encoder.is_some() && compression != Some(Compression::Gzip) {
+            bail!("--gzip-encoder needs --compression gzip");
+        }
+        let algorithm = match compression {
+            None | Some(Compression::None) => {
+                if self.level.is_some() {
+                    bail!("--level needs --compression gzip or zstd");
+                }
+                return Ok(match compression {
+                    None => Requested::AsStored,
+                    _ => Requested::Uncompressed,
+                });
+            }
+            Some(Compression::Zstd) => Algorithm::Zstd,
+            Some(Compression::Gzip) => match self.gzip_encoder {
+                None | Some(GzipEncoder::Zlib) => Algorithm::Gzip,
+                Some(GzipEncoder::Isal) => Algorithm::GzipIsal,
+            },
+        };
+        let mut settings = Settings::new(algorithm);
+        settings.jobs = jobs;
+        if let Some(level) = self.level {
+            settings.level = level;
+        }
+        settings.validate()?;
+        Ok(Requested::Compressed(settings))
+    }
+}
+
+impl RunArgs {
+    /// `--jobs`, or one per available core.
+    pub fn jobs(&self) -> usize {
+        self.jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+}
+
 /// `1048576`, `512K`, `10G`: sizes in bytes, or with a binary suffix.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -167,5 +326,43 @@ mod tests {
     fn the_cli_is_well_formed() {
         use clap::CommandFactory;
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn push_and_export_share_their_options() {
+        let export = Args::try_parse_from([
+            "oci-export",
+            "--store",
+            "overlay2",
+            "-c",
+            "zstd",
+            "-j",
+            "3",
+            "img",
+        ])
+        .unwrap();
+        assert_eq!(export.source.store, StoreKind::Overlay2);
+        assert_eq!(export.layers.compression, Some(Compression::Zstd));
+        let push = Args::try_parse_from([
+            "oci-export",
+            "push",
+            "--insecure",
+            "-c",
+            "gzip",
+            "--level",
+            "1",
+            "img",
+            "host:5000/r:t",
+        ])
+        .unwrap();
+        let Some(Command::Push(push)) = push.command else {
+            panic!("not a push");
+        };
+        assert!(push.insecure);
+        assert_eq!(
+            (push.image.as_str(), push.destination.as_str()),
+            ("img", "host:5000/r:t")
+        );
+        assert_eq!(push.layers.level, Some(1));
     }
 }

@@ -120,6 +120,24 @@ impl Sha256Hasher {
     }
 }
 
+/// The SHA-256 and length of everything `reader` yields (read in 1 MiB pieces).
+pub fn hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<(Digest, u64)> {
+    let mut hasher = Sha256Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok((hasher.finish(), len)),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A writer that hashes and counts exactly the bytes its inner writer accepted: how every
 /// blob we write (compressed layers, cache entries, regenerated tars) learns its digest.
 pub struct HashingWriter<W> {

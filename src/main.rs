@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use oci_export::cache::{self, BlobCache};
-use oci_export::cli::{Args, CacheAction, Command, Compression, GzipEncoder};
-use oci_export::compress::{Algorithm, Settings};
+use oci_export::cli::{Args, CacheAction, Command, LayerArgs, PushArgs, RunArgs};
+use oci_export::export::plan::Requested;
 use oci_export::export::{run, CacheChoice, ExportRequest};
 use oci_export::interrupt;
 use oci_export::sink::output::refuse_inside;
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             cache_dir,
             data_root,
         }) => cache_command(action, cache_dir, data_root),
+        Some(Command::Push(push)) => push_command(push),
         None => export(args),
     };
     match result {
@@ -40,57 +41,41 @@ fn main() -> ExitCode {
 }
 
 fn export(args: Args) -> Result<()> {
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    if args.gzip_encoder.is_some() && args.compression != Compression::Gzip {
-        anyhow::bail!("--gzip-encoder needs --compression gzip");
-    }
-    let compression = match args.compression {
-        Compression::None => {
-            if args.level.is_some() {
-                anyhow::bail!("--level needs --compression gzip or zstd");
-            }
-            None
-        }
-        Compression::Gzip | Compression::Zstd => {
-            let algorithm = match (args.compression, args.gzip_encoder) {
-                (Compression::Zstd, _) => Algorithm::Zstd,
-                (_, None | Some(GzipEncoder::Zlib)) => Algorithm::Gzip,
-                (_, Some(GzipEncoder::Isal)) => Algorithm::GzipIsal,
-            };
-            let mut settings = Settings::new(algorithm);
-            settings.jobs = jobs;
-            if let Some(level) = args.level {
-                settings.level = level;
-            }
-            settings.validate()?;
-            Some(settings)
-        }
-    };
-    // Only compressed layers are cached: an uncompressed export needs no cache directory, and
-    // must not fail for the lack of one.
-    let cache = if compression.is_none() || args.no_cache {
-        CacheChoice::None
-    } else {
-        match args.cache_dir.or_else(cache::default_dir) {
-            Some(dir) => CacheChoice::Dir(dir),
-            None => CacheChoice::Unavailable(format!("{NO_CACHE_DIR} (give one with --cache-dir)")),
-        }
-    };
+    let jobs = args.run.jobs();
+    let layers = args.layers.requested(jobs, None)?;
     run(&ExportRequest {
         images: args.images,
-        data_root: args.data_root.unwrap_or_else(default_data_root),
+        source: args.source.options(),
         output: args.output,
         format: args.format,
-        io_mode: args.io_mode,
+        io_mode: args.run.io_mode,
         jobs,
-        show_progress: !args.quiet && std::io::stderr().is_terminal(),
-        regenerate_missing: args.regenerate_missing,
-        compression,
-        cache,
+        show_progress: show_progress(&args.run),
+        regenerate_missing: args.source.regenerate_missing,
+        cache: cache_choice(&args.layers, &layers),
+        layers,
     })
+}
+
+fn push_command(_args: Box<PushArgs>) -> Result<()> {
+    anyhow::bail!("push: not implemented yet")
+}
+
+/// Progress goes to stderr only when it is a terminal, and never with `-q`.
+fn show_progress(run: &RunArgs) -> bool {
+    !run.quiet && std::io::stderr().is_terminal()
+}
+
+/// Only compressed layers are cached: an export without compression needs no cache directory,
+/// and must not fail for the lack of one.
+fn cache_choice(args: &LayerArgs, layers: &Requested) -> CacheChoice {
+    if !matches!(layers, Requested::Compressed(_)) || args.no_cache {
+        return CacheChoice::None;
+    }
+    match args.cache_dir.clone().or_else(cache::default_dir) {
+        Some(dir) => CacheChoice::Dir(dir),
+        None => CacheChoice::Unavailable(format!("{NO_CACHE_DIR} (give one with --cache-dir)")),
+    }
 }
 
 const NO_CACHE_DIR: &str = "no cache directory: neither XDG_CACHE_HOME nor HOME is set";
@@ -104,7 +89,7 @@ fn cache_command(
         .or_else(cache::default_dir)
         .with_context(|| format!("{NO_CACHE_DIR}; use --cache-dir"))?;
     // As for exports: nothing of ours goes inside the engine's storage, and prune deletes.
-    refuse_inside(&dir, &data_root.unwrap_or_else(default_data_root))?;
+    refuse_inside(&dir, &[data_root.unwrap_or_else(default_data_root)])?;
     // Inspecting creates nothing: a cache that does not exist lists as empty.
     let cache = BlobCache::existing(dir);
     match action {

@@ -20,8 +20,8 @@ pub struct ScratchDir {
 
 impl ScratchDir {
     /// Creates `oci-export-<pid>-<purpose>` under the system temporary directory (`TMPDIR`),
-    /// refusing a location inside `forbidden` (the data root).
-    pub fn new(purpose: &str, forbidden: &Path) -> Result<Self> {
+    /// refusing a location inside one of `forbidden` (the image stores' roots).
+    pub fn new(purpose: &str, forbidden: &[PathBuf]) -> Result<Self> {
         let path = temp_dir_outside(forbidden)?
             .join(format!("oci-export-{}-{purpose}", std::process::id()));
         Self::create(path)
@@ -73,9 +73,9 @@ impl Drop for ScratchDir {
     }
 }
 
-/// The system temporary directory (`TMPDIR`), refused when it lies inside `forbidden` (the data
-/// root), which we never write under.
-pub fn temp_dir_outside(forbidden: &Path) -> Result<PathBuf> {
+/// The system temporary directory (`TMPDIR`), refused when it lies inside one of `forbidden`
+/// (the image stores' roots), which we never write under.
+pub fn temp_dir_outside(forbidden: &[PathBuf]) -> Result<PathBuf> {
     let dir = std::env::temp_dir();
     refuse_inside(&dir, forbidden)?;
     Ok(dir)

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 use super::{CachedBlob, Entry, Key, Lookup};
-use crate::digest::{Digest, HashingWriter, Sha256Hasher};
+use crate::digest::{hash_reader, Digest, HashingWriter};
 
 /// Subdirectory of the current layout; a new layout gets a new name and leaves this one be.
 const LAYOUT: &str = "v1";
@@ -110,8 +110,9 @@ impl BlobCache {
             let reason = format!("its blob has {size} bytes, not {}", entry.size);
             return self.discard(key, &reason);
         }
-        let digest =
-            hash_file(&mut file).with_context(|| format!("reading {}", blob_path.display()))?;
+        let digest = hash_reader(&mut file)
+            .map(|(digest, _)| digest)
+            .with_context(|| format!("reading {}", blob_path.display()))?;
         if digest != entry.digest {
             let reason = format!("its blob's digest is {digest}, not {}", entry.digest);
             return self.discard(key, &reason);
@@ -360,19 +361,6 @@ fn is_temp(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with(TEMP_PREFIX))
-}
-
-fn hash_file(file: &mut File) -> io::Result<crate::digest::Digest> {
-    let mut hasher = Sha256Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Ok(hasher.finish()),
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 fn now_unix_ms() -> u64 {

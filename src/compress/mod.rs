@@ -80,6 +80,14 @@ impl Algorithm {
         }
     }
 
+    /// The format this algorithm writes, as a stored blob would name it.
+    pub fn format(self) -> crate::model::BlobCompression {
+        match self {
+            Algorithm::Gzip | Algorithm::GzipIsal => crate::model::BlobCompression::Gzip,
+            Algorithm::Zstd => crate::model::BlobCompression::Zstd,
+        }
+    }
+
     /// Whether this build can compress with this algorithm.
     pub fn is_available(self) -> bool {
         self != Algorithm::GzipIsal || cfg!(feature = "isal")

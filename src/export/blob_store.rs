@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
@@ -26,8 +26,8 @@ pub struct BlobStore {
     /// Raised, with the one warning, the first time the cache cannot be written: from then on
     /// new blobs go to scratch files.
     cache_failed: AtomicBool,
-    /// The data root, which scratch files must stay out of.
-    data_root: PathBuf,
+    /// The image stores' roots, which scratch files must stay out of.
+    forbidden: Vec<PathBuf>,
 }
 
 /// A finished compressed blob, open at its start.
@@ -49,9 +49,9 @@ impl From<CachedBlob> for StoredBlob {
 }
 
 impl BlobStore {
-    /// The store `choice` asks for. A cache directory inside the data root is refused (an
-    /// error); one that cannot be opened or created is warned about and done without.
-    pub fn open(choice: &CacheChoice, data_root: &Path) -> Result<Self> {
+    /// The store `choice` asks for. A cache directory inside an image store's root is refused
+    /// (an error); one that cannot be opened or created is warned about and done without.
+    pub fn open(choice: &CacheChoice, forbidden: &[PathBuf]) -> Result<Self> {
         let cache = match choice {
             CacheChoice::None => None,
             CacheChoice::Unavailable(reason) => {
@@ -59,7 +59,7 @@ impl BlobStore {
                 None
             }
             CacheChoice::Dir(dir) => {
-                refuse_inside(dir, data_root)?;
+                refuse_inside(dir, forbidden)?;
                 BlobCache::open(dir)
                     .inspect_err(|e| warn_without_cache(&format!("{e:#}")))
                     .ok()
@@ -68,7 +68,7 @@ impl BlobStore {
         Ok(BlobStore {
             cache,
             cache_failed: AtomicBool::new(false),
-            data_root: data_root.to_path_buf(),
+            forbidden: forbidden.to_vec(),
         })
     }
 
@@ -113,7 +113,7 @@ impl BlobStore {
     /// A nameless file in the system's temporary directory, for a blob that is not cached: its
     /// space is freed as soon as the blob has been copied out and the file closed.
     pub fn scratch_file(&self) -> Result<File> {
-        anonymous_file(&temp_dir_outside(&self.data_root)?)
+        anonymous_file(&temp_dir_outside(&self.forbidden)?)
     }
 
     /// The cache to prune after the export: none when it could not be written, as pruning it
@@ -123,6 +123,16 @@ impl BlobStore {
             return None;
         }
         self.cache.as_ref()
+    }
+
+    /// Keeps the cache bounded after an export or push; a failure here costs a warning, never
+    /// the work done.
+    pub fn prune_cache(&self) {
+        if let Some(cache) = self.cache_to_prune() {
+            if let Err(e) = cache.prune(crate::cache::DEFAULT_MAX_BYTES) {
+                eprintln!("oci-export: warning: could not prune the blob cache: {e:#}");
+            }
+        }
     }
 }
 
@@ -195,7 +205,7 @@ mod tests {
 
     fn store(choice: CacheChoice) -> (tempfile::TempDir, BlobStore) {
         let data_root = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(&choice, data_root.path()).unwrap();
+        let store = BlobStore::open(&choice, &[data_root.path().to_path_buf()]).unwrap();
         (data_root, store)
     }
 
@@ -267,7 +277,7 @@ mod tests {
     fn scratch_files_stay_out_of_the_data_root() {
         let (_root, store) = store(CacheChoice::None);
         let store = BlobStore {
-            data_root: std::env::temp_dir(),
+            forbidden: vec![std::env::temp_dir()],
             ..store
         };
         let err = store.scratch_file().unwrap_err();

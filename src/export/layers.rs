@@ -1,47 +1,67 @@
-//! Uncompressed layers: measured before the archive is planned, rebuilt while it is written.
+//! Layers whose blobs are known before they are written (tars rebuilt from tar-split, stored
+//! blobs copied as they are): measured before the archive is planned, produced while it is
+//! written.
 
 use anyhow::Result;
 
+use super::plan::BlobPlan;
 use crate::io::EngineFactory;
 use crate::model::Layer;
 use crate::parallel;
-use crate::reassembly::{measure_layer, rebuild_layer, BlockSink};
+use crate::reassembly::{measure_layer, rebuild_layer, stored, BlockSink};
 use crate::sink::plan::{media_type, BlobInfo};
 use crate::sink::writer::BlobProducer;
 
-/// Measures every layer (pass 1 over tar-split), `jobs` at a time.
-pub fn measure_all(layers: &[Layer], jobs: usize) -> Result<Vec<u64>> {
-    parallel::map(layers, jobs, |layer| Ok(measure_layer(layer)?.tar_size))
+/// Every layer's blob size: a tar's from a pass over its tar-split, `jobs` at a time; a stored
+/// blob's from its descriptor.
+pub fn measure_all(layers: &[Layer], plans: &[BlobPlan], jobs: usize) -> Result<Vec<u64>> {
+    let items: Vec<(&Layer, &BlobPlan)> = layers.iter().zip(plans).collect();
+    parallel::map(&items, jobs, |(layer, plan)| match plan {
+        BlobPlan::Stored(blob) => Ok(blob.size),
+        _ => Ok(measure_layer(layer)?.tar_size),
+    })
 }
 
-/// Uncompressed layers: the blob is the layer tar, its digest the diff_id.
-pub fn uncompressed_blobs(layers: &[Layer], sizes: &[u64]) -> Vec<BlobInfo> {
+/// The blobs' identities: a tar's digest is its diff_id; a stored blob keeps its own.
+pub fn known_blobs(layers: &[Layer], plans: &[BlobPlan], sizes: &[u64]) -> Vec<BlobInfo> {
     layers
         .iter()
+        .zip(plans)
         .zip(sizes)
-        .map(|(layer, &size)| BlobInfo {
-            digest: layer.diff_id,
-            size,
-            media_type: media_type::OCI_LAYER_TAR,
+        .map(|((layer, plan), &size)| match plan {
+            BlobPlan::Stored(blob) => BlobInfo {
+                digest: blob.digest,
+                size,
+                media_type: blob.compression.oci_media_type(),
+            },
+            _ => BlobInfo {
+                digest: layer.diff_id,
+                size,
+                media_type: media_type::OCI_LAYER_TAR,
+            },
         })
         .collect()
 }
 
-/// Rebuilds layers while the archive is written, one I/O engine per call.
-pub struct Rebuilder<'a> {
+/// Produces layer blobs while the archive is written, one I/O engine per call.
+pub struct Producer<'a> {
     pub layers: &'a [Layer],
+    pub plans: &'a [BlobPlan],
     pub sizes: &'a [u64],
     pub engines: EngineFactory,
 }
 
-impl BlobProducer for Rebuilder<'_> {
+impl BlobProducer for Producer<'_> {
     fn produce(&self, index: usize, out: &mut dyn BlockSink) -> Result<()> {
-        let mut engine = self.engines.create()?;
-        rebuild_layer(
-            &self.layers[index],
-            Some(self.sizes[index]),
-            engine.as_mut(),
-            out,
-        )
+        let layer = &self.layers[index];
+        match &self.plans[index] {
+            BlobPlan::Stored(blob) => {
+                stored::copy_verified(blob, out).map_err(|e| e.context(layer.origin.clone()))
+            }
+            _ => {
+                let mut engine = self.engines.create()?;
+                rebuild_layer(layer, Some(self.sizes[index]), engine.as_mut(), out)
+            }
+        }
     }
 }

@@ -1,42 +1,48 @@
 //! The export pipeline: source → plan → reassembly (→ compression) → sink.
+//!
+//! - [`set`]: the images the inputs name, and their distinct layers.
+//! - [`plan`]: how each layer's blob is made (rebuilt tar, stored blob, or made in full).
+//! - [`layers`]: blobs known before they are written (planned archives, written in parallel).
+//! - [`made`]: blobs made in full first (compressed, decompressed), handed over in order.
+//! - [`blob_store`]: where made blobs are kept: the blob cache, or nameless scratch files.
 
 mod blob_store;
-mod compressed;
 mod layers;
+mod made;
+pub mod plan;
+mod set;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::cli::Format;
-use crate::compress::Settings;
-use crate::digest::Digest;
 use crate::io::{EngineFactory, IoMode};
-use crate::model::{Image, Layer};
-use crate::reassembly::missing_tar_split;
-use crate::regenerate::{needs_regeneration, regenerate_image, Regenerated};
+use crate::model::{Image, LayerKey};
+use crate::regenerate::Regenerated;
 use crate::sink::output::Output;
 use crate::sink::writer::{write_archive, Progress, WriteOptions};
 use crate::sink::{docker_archive, incremental, oci_dir};
-use crate::source::overlay2::Overlay2Store;
-use crate::source::ImageStore;
+use crate::source::{self, ImageStore, SourceOptions};
 use blob_store::BlobStore;
-use compressed::{with_compressed_layers, CompressJob};
-use layers::{measure_all, uncompressed_blobs, Rebuilder};
+use layers::{known_blobs, measure_all, Producer};
+use made::{with_made_layers, MakeJob};
+use plan::{plan_layers, BlobPlan, Requested};
+pub use set::ExportSet;
 
 /// Everything an export needs to know.
 pub struct ExportRequest {
     pub images: Vec<String>,
-    pub data_root: PathBuf,
+    pub source: SourceOptions,
     pub output: Option<PathBuf>,
     pub format: Format,
     pub io_mode: IoMode,
     pub jobs: usize,
     pub show_progress: bool,
     pub regenerate_missing: bool,
-    /// `None` for uncompressed layers.
-    pub compression: Option<Settings>,
+    /// The layer form asked for.
+    pub layers: Requested,
     pub cache: CacheChoice,
 }
 
@@ -52,126 +58,44 @@ pub enum CacheChoice {
     None,
 }
 
-/// The images to export and their distinct layers.
-pub struct ExportSet {
-    pub images: Vec<Image>,
-    /// Each input as typed, with the image it named.
-    pub inputs: Vec<(String, Digest)>,
-    /// Distinct layers by diff_id, in order of first appearance.
-    pub layers: Vec<Layer>,
-}
-
-impl ExportSet {
-    /// Looks every input up; images named twice are exported once with all their tags.
-    pub fn resolve(store: &dyn ImageStore, inputs: &[String]) -> Result<Self> {
-        let mut images: Vec<Image> = Vec::new();
-        let mut resolved = Vec::new();
-        for input in inputs {
-            let image = store.lookup(input)?;
-            resolved.push((input.clone(), image.id));
-            match images.iter_mut().find(|i| i.id == image.id) {
-                Some(existing) => {
-                    for tag in image.tags {
-                        if !existing.tags.contains(&tag) {
-                            existing.tags.push(tag);
-                        }
-                    }
-                }
-                None => images.push(image),
-            }
-        }
-        let layers = distinct_layers(&images);
-        Ok(ExportSet {
-            images,
-            inputs: resolved,
-            layers,
-        })
-    }
-
-    /// Regenerates layers that lost their tar-split (opt-in), which changes their diff_ids and
-    /// the IDs of the images using them; every change is reported on stderr.
-    fn regenerate_missing(
-        &mut self,
-        allowed: bool,
-        scratch: &mut Option<Regenerated>,
-        data_root: &Path,
-    ) -> Result<()> {
-        let Some(image) = self.images.iter().find(|i| needs_regeneration(i)) else {
-            return Ok(());
-        };
-        if !allowed {
-            let layer = image
-                .layers
-                .iter()
-                .find(|l| matches!(l.content, crate::model::LayerContent::Directory { .. }))
-                .expect("needs_regeneration found one");
-            bail!("image {}: {}", image.id, missing_tar_split(layer));
-        }
-        let scratch = match scratch {
-            Some(s) => s,
-            None => scratch.insert(Regenerated::new(data_root)?),
-        };
-        for image in &mut self.images {
-            if needs_regeneration(image) {
-                *image =
-                    regenerate_image(image, scratch, &mut |note| eprintln!("oci-export: {note}"))?;
-            }
-        }
-        self.layers = distinct_layers(&self.images);
-        Ok(())
-    }
-}
-
-/// The layers of `images` by diff_id, each once, in order of first appearance.
-fn distinct_layers(images: &[Image]) -> Vec<Layer> {
-    let mut seen = std::collections::HashSet::new();
-    images
-        .iter()
-        .flat_map(|i| &i.layers)
-        .filter(|l| seen.insert(l.diff_id))
-        .cloned()
-        .collect()
-}
-
 /// Runs a whole export.
 pub fn run(req: &ExportRequest) -> Result<()> {
-    let store = Overlay2Store::open(&req.data_root)?;
-    let mut set = ExportSet::resolve(&store, &req.images)?;
+    let store = source::open(&req.source)?;
+    let mut set = ExportSet::resolve(store.as_ref(), &req.images)?;
     // What the store held, for the final check that it still does.
     let stored = set.images.clone();
+    let roots = store.roots();
     // Before any work on the layers (regenerating, measuring, compressing): a destination that
     // is refused costs nothing, and until committed, dropping it leaves nothing behind.
-    let destination = Destination::open(req)?;
-    let mut regenerated = None;
-    set.regenerate_missing(req.regenerate_missing, &mut regenerated, &req.data_root)?;
-    let blob_of: HashMap<Digest, usize> = set
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.diff_id, i))
-        .collect();
+    let destination = Destination::open(req, &roots)?;
+    let mut regenerated: Option<Regenerated> = None;
+    set.regenerate_missing(req.regenerate_missing, &mut regenerated, &roots)?;
+    let plans = plan_layers(&set.layers, req.layers);
+    let blob_of = set.layer_index();
     let export = Export {
         req,
         engines: EngineFactory::new(req.io_mode)?,
-        store: &store,
+        store: store.as_ref(),
         set: &set,
         stored: &stored,
+        roots: &roots,
         blob_of: &blob_of,
+        plans: &plans,
         progress: Progress::default(),
     };
 
-    match &req.compression {
-        // Uncompressed output needs every layer's size before its first byte.
-        None => {
-            let sizes = measure_all(&set.layers, req.jobs)?;
-            export.reporting(Some(sizes.iter().sum()), || {
-                export.uncompressed(destination, &sizes)
-            })
-        }
-        // Compressed layers need no sizing pass: a blob's size is known once it is made, and a
-        // cache hit reads no tar-split at all. Their total is not known up front, so progress
-        // shows bytes processed and a rate.
-        Some(settings) => export.reporting(None, || export.compressed(settings, destination)),
+    if plans.iter().all(BlobPlan::known_up_front) {
+        // Every blob's size can be known before its first byte: the whole output is planned
+        // up front, and layers are written in parallel.
+        let sizes = measure_all(&set.layers, &plans, req.jobs)?;
+        export.reporting(Some(sizes.iter().sum()), || {
+            export.planned(destination, &sizes)
+        })
+    } else {
+        // Blobs made in full first (compressed, decompressed) need no sizing pass: a blob's
+        // size is known once it is made, and a cache hit reads no tar-split at all. Their total
+        // is not known up front, so progress shows bytes processed and a rate.
+        export.reporting(None, || export.made(destination))
     }
 }
 
@@ -183,11 +107,11 @@ enum Destination {
 }
 
 impl Destination {
-    fn open(req: &ExportRequest) -> Result<Self> {
+    fn open(req: &ExportRequest, roots: &[PathBuf]) -> Result<Self> {
         match req.format {
             Format::Archive => {
                 let output = match &req.output {
-                    Some(path) => Output::file(path, &req.data_root)?,
+                    Some(path) => Output::file(path, roots)?,
                     None => Output::stdout()?,
                 };
                 Ok(Destination::Archive(output))
@@ -196,10 +120,7 @@ impl Destination {
                 let Some(dir) = &req.output else {
                     bail!("--format oci-dir writes a directory: give it with -o DIR");
                 };
-                Ok(Destination::Dir(oci_dir::PartialDir::begin(
-                    dir,
-                    &req.data_root,
-                )?))
+                Ok(Destination::Dir(oci_dir::PartialDir::begin(dir, roots)?))
             }
         }
     }
@@ -212,7 +133,9 @@ struct Export<'a> {
     store: &'a dyn ImageStore,
     set: &'a ExportSet,
     stored: &'a [Image],
-    blob_of: &'a HashMap<Digest, usize>,
+    roots: &'a [PathBuf],
+    blob_of: &'a HashMap<LayerKey, usize>,
+    plans: &'a [BlobPlan],
     progress: Progress,
 }
 
@@ -230,17 +153,18 @@ impl Export<'_> {
         result
     }
 
-    /// Uncompressed layers stream straight from reassembly: each one's digest is its diff_id
-    /// and its size was measured, so the whole output is planned before the first byte.
-    fn uncompressed(&self, destination: Destination, sizes: &[u64]) -> Result<()> {
-        let rebuilder = Rebuilder {
+    /// Blobs known up front stream straight from reassembly (or the store): each one's digest
+    /// and size are known, so the whole output is planned before the first byte.
+    fn planned(&self, destination: Destination, sizes: &[u64]) -> Result<()> {
+        let producer = Producer {
             layers: &self.set.layers,
+            plans: self.plans,
             sizes,
             engines: self.engines,
         };
         let plan = self
             .layout()
-            .plan(uncompressed_blobs(&self.set.layers, sizes));
+            .plan(known_blobs(&self.set.layers, self.plans, sizes));
         match destination {
             Destination::Archive(output) => {
                 let opts = WriteOptions {
@@ -249,13 +173,13 @@ impl Export<'_> {
                     jobs: self.req.jobs,
                     progress: &self.progress,
                 };
-                let len = write_archive(&plan, &rebuilder, &opts, &|| self.confirm())?;
+                let len = write_archive(&plan, &producer, &opts, &|| self.confirm())?;
                 output.commit(len)
             }
             Destination::Dir(dir) => oci_dir::write_dir(
                 dir,
                 &oci_dir::from_docker_plan(plan),
-                &rebuilder,
+                &producer,
                 self.req.jobs,
                 &self.progress,
                 || self.confirm(),
@@ -263,15 +187,15 @@ impl Export<'_> {
         }
     }
 
-    /// Compressed layers are known only once compressed, so they are made in the background
+    /// Blobs made in full first are known only once made, so they are made in the background
     /// (into the blob cache, or scratch files) and written out in layer order as each is
     /// finished.
-    fn compressed(&self, settings: &Settings, destination: Destination) -> Result<()> {
+    fn made(&self, destination: Destination) -> Result<()> {
         let req = self.req;
-        let store = BlobStore::open(&req.cache, &req.data_root)?;
-        let job = CompressJob {
+        let store = BlobStore::open(&req.cache, self.roots)?;
+        let job = MakeJob {
             layers: &self.set.layers,
-            settings,
+            plans: self.plans,
             store: &store,
             engines: self.engines,
             jobs: req.jobs,
@@ -279,20 +203,15 @@ impl Export<'_> {
         };
         let layout = self.layout();
         let result = match destination {
-            Destination::Archive(output) => with_compressed_layers(&job, |blobs| {
+            Destination::Archive(output) => with_made_layers(&job, |blobs| {
                 incremental::write_archive(&layout, blobs, output.file_handle(), &|| self.confirm())
             })
             .and_then(|len| output.commit(len)),
-            Destination::Dir(dir) => with_compressed_layers(&job, |blobs| {
+            Destination::Dir(dir) => with_made_layers(&job, |blobs| {
                 oci_dir::write_dir_incrementally(dir, &layout, blobs, || self.confirm())
             }),
         };
-        if let Some(cache) = store.cache_to_prune() {
-            // Keep the cache bounded; a failure here must not fail the export.
-            if let Err(e) = cache.prune(crate::cache::DEFAULT_MAX_BYTES) {
-                eprintln!("oci-export: warning: could not prune the blob cache: {e:#}");
-            }
-        }
+        store.prune_cache();
         result
     }
 
@@ -304,21 +223,6 @@ impl Export<'_> {
     }
 
     fn confirm(&self) -> Result<()> {
-        confirm(self.store, &self.set.inputs, self.stored)
+        self.set.confirm(self.store, self.stored)
     }
-}
-
-/// The storage must still hold what we exported: an image removed or re-tagged during the
-/// export makes the output describe something that no longer exists.
-fn confirm(store: &dyn ImageStore, inputs: &[(String, Digest)], stored: &[Image]) -> Result<()> {
-    for (input, id) in inputs {
-        let image = stored
-            .iter()
-            .find(|i| i.id == *id)
-            .expect("resolved images are kept");
-        store
-            .confirm_unchanged(input, image)
-            .context("the image store changed during the export")?;
-    }
-    Ok(())
 }

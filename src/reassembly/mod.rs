@@ -15,6 +15,7 @@
 pub mod blocks;
 mod parse_ahead;
 mod replay_sink;
+pub mod stored;
 
 use std::fs::File;
 use std::io::Read;
@@ -23,7 +24,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::io::{LayerDir, ReadEngine, ReplaySink};
-use crate::model::{Layer, LayerContent};
+use crate::model::{BlobCompression, Layer, LayerContent, Lost};
 use crate::tarsplit::{EntrySize, TarSplitReader};
 
 pub use blocks::{Block, BlockSink, WriteBlocks, BLOCK_SIZE};
@@ -54,6 +55,17 @@ pub fn measure_layer(layer: &Layer) -> Result<LayerMeasure> {
                 .len();
             return Ok(LayerMeasure { tar_size, files: 0 });
         }
+        LayerContent::Blob(blob) if blob.compression == BlobCompression::None => {
+            return Ok(LayerMeasure {
+                tar_size: blob.size,
+                files: 0,
+            });
+        }
+        LayerContent::Blob(blob) => bail!(
+            "internal error: {}: the size of a compressed blob's layer tar is only known once \
+             it is decompressed",
+            blob.digest
+        ),
         LayerContent::Directory { .. } => bail!(missing_tar_split(layer)),
     };
     let mut measure = LayerMeasure {
@@ -109,8 +121,11 @@ pub fn rebuild_layer(
                 .replay(&dir, &mut entries, &mut sink)
                 .with_context(|| layer.origin.clone())?;
         }
-        LayerContent::TarFile { path } => copy_tar_file(path, &mut sink)
+        LayerContent::TarFile { path } => File::open(path)
+            .and_then(|file| stream_into(file, &mut sink))
             .with_context(|| format!("{}: reading {}", layer.origin, path.display()))?,
+        LayerContent::Blob(blob) => stored::decompress(blob, &mut sink)
+            .with_context(|| format!("{}: reading {}", layer.origin, blob.path.display()))?,
         LayerContent::Directory { .. } => bail!(missing_tar_split(layer)),
     }
     let (digest, size) = sink.finish().with_context(|| layer.origin.clone())?;
@@ -122,34 +137,50 @@ pub fn rebuild_layer(
         );
     }
     if digest != layer.diff_id {
+        let what = match &layer.content {
+            LayerContent::Blob(_) => "its blob does not hold the layer the image config names",
+            _ => "the layer's files or tar-split do not match what the engine recorded",
+        };
         bail!(
-            "{}: the rebuilt layer hashes to {digest}, not to its diff_id; the layer's files or \
-             tar-split do not match what the engine recorded",
+            "{}: the rebuilt layer hashes to {digest}, not to its diff_id; {what}",
             layer.origin
         );
     }
     Ok(())
 }
 
-/// The message for a layer that lost its tar-split, naming the way out.
+/// The message for a layer that lost the record of its bytes, naming the way out.
 pub fn missing_tar_split(layer: &Layer) -> String {
+    let lost = match &layer.content {
+        LayerContent::Directory {
+            lost: Lost::Blob(digest),
+            ..
+        } => format!(
+            "its blob {digest} is not in the content store (another platform's, skipped at \
+             pull, or removed), and nothing else holds the layer's exact bytes"
+        ),
+        _ => "it has no tar-split.json.gz, the record needed to rebuild the layer byte for byte \
+              (Docker itself cannot save it either)"
+            .to_string(),
+    };
     format!(
-        "{}: it has no tar-split.json.gz, the record needed to rebuild the layer byte for byte \
-         (Docker itself cannot save it either). --regenerate-missing rebuilds it from the layer \
-         directory instead, which gives it a new diff_id and the image a new ID",
+        "{}: {lost}. --regenerate-missing rebuilds it from the layer directory instead, which \
+         gives it a new diff_id and the image a new ID",
         layer.origin
     )
 }
 
-/// A ready layer tar streams through unchanged (the sink still hashes it).
-fn copy_tar_file(path: &Path, sink: &mut VerifyingSink) -> Result<()> {
-    let mut file = File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
+/// A ready stream (a layer tar, a blob, a decompressor) passes through unchanged, in blocks;
+/// the sink hashes it.
+fn stream_into(mut from: impl Read, sink: &mut VerifyingSink) -> std::io::Result<()> {
+    let mut buf = vec![0u8; BLOCK_SIZE];
     loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        sink.segment(&buf[..n])?;
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        sink.segment(&buf[..n]).map_err(std::io::Error::other)?;
     }
 }

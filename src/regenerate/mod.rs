@@ -26,8 +26,8 @@ pub struct Regenerated {
 }
 
 impl Regenerated {
-    /// Keeps regenerated tars in a scratch directory outside `forbidden` (the data root).
-    pub fn new(forbidden: &Path) -> Result<Self> {
+    /// Keeps regenerated tars in a scratch directory outside `forbidden` (the stores' roots).
+    pub fn new(forbidden: &[PathBuf]) -> Result<Self> {
         Ok(Regenerated {
             scratch: ScratchDir::new("regenerated", forbidden)?,
             made: HashMap::new(),
@@ -52,7 +52,7 @@ pub fn regenerate_image(
 ) -> Result<Image> {
     let mut new = image.clone();
     for layer in &mut new.layers {
-        let LayerContent::Directory { root } = &layer.content else {
+        let LayerContent::Directory { root, lost } = &layer.content else {
             continue;
         };
         let old = layer.diff_id;
@@ -64,7 +64,8 @@ pub fn regenerate_image(
                     format!("{}: regenerating from {}", layer.origin, root.display())
                 })?;
                 report(format!(
-                    "layer {old} has no tar-split; regenerated it from {}: new diff_id {digest}",
+                    "layer {old} {}; regenerated it from {}: new diff_id {digest}",
+                    lost.describe(),
                     root.display()
                 ));
                 scratch.made.insert(old, (digest, path.clone()));

@@ -15,6 +15,10 @@
 //!
 //! Docker also writes a legacy "v1" JSON blob per layer that nothing references; we leave it
 //! out (see the README).
+//!
+//! An image whose store keeps its manifest (containerd), exported with the stored blobs, gets
+//! that manifest (and the index it was chosen from) byte for byte, as Docker 29's `docker save`
+//! writes them, so that it keeps its digest; any other image gets a new OCI manifest.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,7 +27,7 @@ use serde::Serialize;
 use super::oci_layout::{self, Descriptor};
 use super::plan::{BlobInfo, Body, IncrementalPlan, Plan, PlanEntry};
 use crate::digest::Digest;
-use crate::model::Image;
+use crate::model::{Image, LayerKey, ManifestView, StoredManifest};
 
 /// One image's line in `manifest.json`. Field order and names are Docker's.
 #[derive(Serialize)]
@@ -65,8 +69,8 @@ enum BlobOrder {
 /// The docker archive of some images, for a writer that learns layer blobs one at a time.
 pub struct Layout<'a> {
     pub images: &'a [Image],
-    /// Each layer diff_id's index in the blob list.
-    pub blob_of: &'a HashMap<Digest, usize>,
+    /// Each layer's index in the blob list.
+    pub blob_of: &'a HashMap<LayerKey, usize>,
 }
 
 impl Layout<'_> {
@@ -98,7 +102,7 @@ impl IncrementalPlan for Layout<'_> {
         let created = self
             .images
             .iter()
-            .find(|i| i.layers.iter().any(|l| self.blob_of[&l.diff_id] == index))
+            .find(|i| i.layers.iter().any(|l| self.blob_of[&l.key()] == index))
             .map_or(0, |i| i.created);
         PlanEntry {
             path: blob_path(&blob.digest),
@@ -116,7 +120,7 @@ impl IncrementalPlan for Layout<'_> {
 fn plan_in_order(
     images: &[Image],
     blobs: Vec<BlobInfo>,
-    blob_of: &HashMap<Digest, usize>,
+    blob_of: &HashMap<LayerKey, usize>,
     order: BlobOrder,
 ) -> Plan {
     let layout = Layout { images, blob_of };
@@ -137,21 +141,66 @@ fn plan_in_order(
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
 
     for image in images {
-        let mut layer_descriptors = Vec::with_capacity(image.layers.len());
+        let image_blobs: Vec<&BlobInfo> = image
+            .layers
+            .iter()
+            .map(|l| &blobs[blob_of[&l.key()]])
+            .collect();
+        let mut document = |bytes: &[u8]| {
+            let digest = Digest::of(bytes);
+            sorted_blobs.entry(digest.hex()).or_insert(PlanEntry {
+                path: blob_path(&digest),
+                mtime: 0,
+                body: Body::Bytes(bytes.to_vec()),
+            });
+        };
+        // The layers' descriptors as the manifest gives them.
+        let layer_descriptors: Vec<Descriptor> = match stored_documents(image, &image_blobs) {
+            Some((stored, view)) => {
+                document(&stored.manifest.bytes);
+                let top = stored.index.as_ref().unwrap_or(&stored.manifest);
+                if let Some(index) = &stored.index {
+                    document(&index.bytes);
+                }
+                index_descriptors.extend(oci_layout::index_entries(
+                    image,
+                    Descriptor::new(&top.media_type, top.digest(), top.bytes.len() as u64),
+                ));
+                view.layers
+                    .iter()
+                    .map(|d| Descriptor::new(&d.media_type, d.digest, d.size))
+                    .collect()
+            }
+            None => {
+                let descriptors: Vec<Descriptor> = image_blobs
+                    .iter()
+                    .map(|blob| Descriptor::new(blob.media_type, blob.digest, blob.size))
+                    .collect();
+                let manifest = oci_layout::image_manifest(image, &descriptors);
+                document(&manifest);
+                index_descriptors.extend(oci_layout::index_entries(
+                    image,
+                    Descriptor::new(
+                        super::plan::media_type::OCI_MANIFEST,
+                        Digest::of(&manifest),
+                        manifest.len() as u64,
+                    ),
+                ));
+                descriptors
+            }
+        };
         let mut layer_sources = BTreeMap::new();
         let mut layer_paths = Vec::with_capacity(image.layers.len());
-        for layer in &image.layers {
-            let blob = &blobs[blob_of[&layer.diff_id]];
-            layer_descriptors.push(Descriptor::new(blob.media_type, blob.digest, blob.size));
+        for (layer, descriptor) in image.layers.iter().zip(&layer_descriptors) {
             layer_sources.insert(
                 layer.diff_id,
                 LayerSource {
-                    media_type: blob.media_type.to_string(),
-                    size: blob.size,
-                    digest: blob.digest,
+                    media_type: descriptor.media_type.clone(),
+                    size: descriptor.size,
+                    digest: descriptor.digest,
                 },
             );
-            layer_paths.push(blob_path(&blob.digest));
+            layer_paths.push(blob_path(&descriptor.digest));
         }
 
         sorted_blobs.entry(image.id.hex()).or_insert(PlanEntry {
@@ -159,17 +208,6 @@ fn plan_in_order(
             mtime: image.created,
             body: Body::Bytes(image.config.clone()),
         });
-
-        let manifest = oci_layout::image_manifest(image, &layer_descriptors);
-        let manifest_digest = Digest::of(&manifest);
-        index_descriptors.extend(oci_layout::index_entries(image, &manifest));
-        sorted_blobs
-            .entry(manifest_digest.hex())
-            .or_insert(PlanEntry {
-                path: blob_path(&manifest_digest),
-                mtime: 0,
-                body: Body::Bytes(manifest),
-            });
 
         if let Some(top) = image.layers.last() {
             for tag in &image.tags {
@@ -190,6 +228,14 @@ fn plan_in_order(
         });
     }
 
+    // Platforms of one stored index name it once per tag, not once per platform.
+    let mut seen = Vec::new();
+    index_descriptors.retain(|d: &Descriptor| {
+        let key = serde_json::to_vec(d).expect("descriptor serializes");
+        let new = !seen.contains(&key);
+        seen.push(key);
+        new
+    });
     entries.extend(sorted_blobs.into_values());
     entries.push(document(
         "index.json",
@@ -205,6 +251,24 @@ fn plan_in_order(
         entries.push(document("repositories", repos));
     }
     Plan { entries, blobs }
+}
+
+/// The image's stored manifest (and index), when the blobs exported are exactly the ones it
+/// names: then it is written as it is.
+fn stored_documents<'a>(
+    image: &'a Image,
+    blobs: &[&BlobInfo],
+) -> Option<(&'a StoredManifest, ManifestView)> {
+    let stored = image.stored.as_ref()?;
+    let view = ManifestView::parse(&stored.manifest.bytes).ok()?;
+    let same = view.config.digest == image.id
+        && view.layers.len() == blobs.len()
+        && view
+            .layers
+            .iter()
+            .zip(blobs)
+            .all(|(d, b)| d.digest == b.digest && d.size == b.size);
+    same.then_some((stored, view))
 }
 
 fn document(path: &str, bytes: Vec<u8>) -> PlanEntry {
@@ -231,6 +295,7 @@ mod tests {
             created: 1_700_000_000,
             tags: vec![Reference::parse(tag).unwrap()],
             layers: diff_ids.iter().copied().map(layer).collect(),
+            stored: None,
         }
     }
 
@@ -242,8 +307,16 @@ mod tests {
         }
     }
 
+    fn key(diff_id: Digest) -> LayerKey {
+        LayerKey {
+            diff_id,
+            stored: None,
+        }
+    }
+
     fn layer(diff_id: Digest) -> Layer {
         Layer {
+            remote: Vec::new(),
             diff_id,
             content: LayerContent::TarSplit {
                 tar_split: "/nonexistent".into(),
@@ -260,7 +333,7 @@ mod tests {
         // The same layer twice, as some images have.
         let image = image("app:1.4", &[l1, l2, l1]);
         let blobs = vec![tar_blob(l1, 1024), tar_blob(l2, 2048)];
-        let blob_of = HashMap::from([(l1, 0), (l2, 1)]);
+        let blob_of = HashMap::from([(key(l1), 0), (key(l2), 1)]);
         let layout = Layout {
             images: std::slice::from_ref(&image),
             blob_of: &blob_of,
@@ -317,7 +390,7 @@ mod tests {
             (Digest::of(b"c2"), Digest::of(b"c1"))
         };
         let blobs = vec![tar_blob(b1, 10), tar_blob(b2, 20)];
-        let blob_of = HashMap::from([(l1, 0), (l2, 1)]);
+        let blob_of = HashMap::from([(key(l1), 0), (key(l2), 1)]);
         let layout = Layout {
             images: &images,
             blob_of: &blob_of,

@@ -87,9 +87,9 @@ pub struct PartialDir {
 
 impl PartialDir {
     /// Checks `target` (it must not exist, or be an empty directory that is not a mount point;
-    /// it must not be a symlink, `.` or `..`, nor lie inside `forbidden`) and creates the
-    /// temporary directory beside it.
-    pub fn begin(target: &Path, forbidden: &Path) -> Result<Self> {
+    /// it must not be a symlink, `.` or `..`, nor lie inside any of `forbidden`) and creates
+    /// the temporary directory beside it.
+    pub fn begin(target: &Path, forbidden: &[PathBuf]) -> Result<Self> {
         refuse_dot_name(target)?;
         let target = absolute(target)?;
         refuse_inside(&target, forbidden)?;

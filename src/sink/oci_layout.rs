@@ -78,15 +78,10 @@ pub fn index(manifests: &[Descriptor]) -> Vec<u8> {
     serde_json::to_vec(&index).expect("index serializes")
 }
 
-/// The index descriptors for one image's manifest: one per tag, annotated as Docker does
-/// (full reference, and the tag alone as the ref name); one without annotations when the image
-/// was exported by ID or digest.
-pub fn index_entries(image: &Image, manifest: &[u8]) -> Vec<Descriptor> {
-    let base = Descriptor::new(
-        media_type::OCI_MANIFEST,
-        Digest::of(manifest),
-        manifest.len() as u64,
-    );
+/// The index descriptors for one image's manifest (or stored index), `base`: one per tag,
+/// annotated as Docker does (full reference, and the tag alone as the ref name); one without
+/// annotations when the image was exported by ID or digest.
+pub fn index_entries(image: &Image, base: Descriptor) -> Vec<Descriptor> {
     if image.tags.is_empty() {
         return vec![base];
     }

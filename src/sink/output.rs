@@ -68,8 +68,8 @@ impl Output {
     }
 
     /// A new file at `path`, written beside it and renamed into place by [`Output::commit`].
-    /// `forbidden` is the engine's data root, which we never write under.
-    pub fn file(path: &Path, forbidden: &Path) -> Result<Self> {
+    /// `forbidden` are the image stores' roots, which we never write under.
+    pub fn file(path: &Path, forbidden: &[PathBuf]) -> Result<Self> {
         let target = absolute(path)?;
         refuse_inside(&target, forbidden)?;
         if let Ok(meta) = std::fs::symlink_metadata(&target) {
@@ -170,11 +170,9 @@ pub fn absolute(path: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Refuses any output path inside `forbidden` (the data root), symlinks resolved.
-pub fn refuse_inside(target: &Path, forbidden: &Path) -> Result<()> {
-    let Ok(forbidden) = forbidden.canonicalize() else {
-        return Ok(());
-    };
+/// Refuses any output path inside one of `forbidden` (the image stores' roots), symlinks
+/// resolved.
+pub fn refuse_inside(target: &Path, forbidden: &[PathBuf]) -> Result<()> {
     // The target may not exist yet: resolve its nearest existing ancestor.
     let mut probe = target.to_path_buf();
     let resolved = loop {
@@ -185,12 +183,17 @@ pub fn refuse_inside(target: &Path, forbidden: &Path) -> Result<()> {
             return Ok(());
         }
     };
-    if resolved.starts_with(&forbidden) {
-        bail!(
-            "refusing to write {} inside the engine's data root {}",
-            target.display(),
-            forbidden.display()
-        );
+    for root in forbidden {
+        let Ok(root) = root.canonicalize() else {
+            continue;
+        };
+        if resolved.starts_with(&root) {
+            bail!(
+                "refusing to write {} inside the image store's data root {}",
+                target.display(),
+                root.display()
+            );
+        }
     }
     Ok(())
 }

@@ -1,23 +1,115 @@
-//! Storage sources: find an image in an engine's on-disk storage and describe it as a
-//! [`crate::model::Image`].
+//! Storage sources: find an image in an engine's on-disk storage and describe it as
+//! [`crate::model::Image`]s.
 //!
-//! Each engine layout is one module behind [`ImageStore`]. Docker's overlay2 graphdriver store
-//! is implemented; containerd's content store and containers-storage (podman, CRI-O) fit the same
-//! trait: the first yields blobs, the second tar-split + diff directories like Docker.
+//! Each engine layout is one module behind [`ImageStore`]: Docker's overlay2 graphdriver store
+//! (`overlay2`), containerd's content store (`containerd`: Docker 29's default, nerdctl, k3s)
+//! and containers-storage (`containers_storage`: podman, buildah, CRI-O). The first and last
+//! keep tar-split records beside the layers' files; containerd keeps the blobs as pulled.
+//! [`open`] picks the store the user asked for, or with `--store auto` the one that holds the
+//! image ([`auto`]).
 
+mod auto;
+pub mod names;
 pub mod overlay2;
+pub mod platform;
+
+use std::path::PathBuf;
 
 use anyhow::Result;
+use clap::ValueEnum;
 
 use crate::model::Image;
+pub use platform::{Platform, PlatformChoice};
 
 /// An engine's image storage, opened read-only.
-pub trait ImageStore {
-    /// Resolves what a user typed (a name, `name:tag`, `name@sha256:…`, a full or short image ID)
-    /// to an image.
-    fn lookup(&self, input: &str) -> Result<Image>;
+pub trait ImageStore: Sync {
+    /// What the store is and where, for messages: "Docker's overlay2 store in /var/lib/docker".
+    fn describe(&self) -> String;
+
+    /// The directories nothing may ever be written under: the store's root and any other root
+    /// it reads from. Outputs, caches and scratch files there are refused.
+    fn roots(&self) -> Vec<PathBuf>;
+
+    /// Resolves what a user typed (a name, `name:tag`, `name@sha256:…`, a full or short image
+    /// ID) to the image it names: one per selected platform, where the store keeps several
+    /// platforms of one image (always one for stores without platforms). A name the store does
+    /// not hold is a [`NotFound`] error, so that `--store auto` can look elsewhere.
+    fn lookup(&self, input: &str) -> Result<Vec<Image>>;
 
     /// Re-reads the image's identity from storage just before the export commits, so that an
     /// image removed or re-tagged during the export is reported instead of silently exported.
     fn confirm_unchanged(&self, input: &str, image: &Image) -> Result<()>;
+}
+
+/// The store does not hold what was asked for. The message says so, with the closest names the
+/// store has (see [`names::closest`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct NotFound {
+    pub message: String,
+}
+
+impl NotFound {
+    pub fn error(message: impl Into<String>) -> anyhow::Error {
+        NotFound {
+            message: message.into(),
+        }
+        .into()
+    }
+}
+
+/// Which store to read (`--store`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// The store Docker uses: its overlay2 store where that holds the image, else containerd's.
+    Auto,
+    /// Docker's overlay2 graphdriver store (`--data-root`: Docker's data root).
+    Overlay2,
+    /// containerd's image store (`--data-root`: containerd's root).
+    Containerd,
+    /// containers-storage, as podman, buildah and CRI-O keep images (`--data-root`: the graph
+    /// root).
+    ContainersStorage,
+}
+
+/// Where and how to look for images.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    pub kind: StoreKind,
+    /// `--data-root`: the chosen store's root. With `auto`, Docker's data root.
+    pub root: Option<PathBuf>,
+    /// containerd's namespace (`moby` for Docker, `k8s.io` for Kubernetes).
+    pub namespace: String,
+    /// Which platforms of a multi-platform image to take.
+    pub platform: PlatformChoice,
+}
+
+/// The default containerd namespace: Docker's.
+pub const DEFAULT_NAMESPACE: &str = "moby";
+
+/// Opens the store `options` ask for.
+pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
+    match options.kind {
+        StoreKind::Overlay2 => Ok(Box::new(overlay2::Overlay2Store::open(&data_root(
+            options,
+        ))?)),
+        StoreKind::Auto => auto::open(options),
+        StoreKind::Containerd | StoreKind::ContainersStorage => {
+            anyhow::bail!(
+                "--store {}: not supported yet",
+                options
+                    .kind
+                    .to_possible_value()
+                    .map_or_else(String::new, |v| v.get_name().to_string())
+            )
+        }
+    }
+}
+
+/// Docker's data root: `--data-root`, else what the daemon is configured with.
+fn data_root(options: &SourceOptions) -> PathBuf {
+    options
+        .root
+        .clone()
+        .unwrap_or_else(overlay2::default_data_root)
 }

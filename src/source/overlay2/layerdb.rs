@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use super::resolve::config_path;
 use super::Overlay2Store;
 use crate::digest::{chain_ids, Digest};
-use crate::model::{config_facts, Image, Layer, LayerContent};
+use crate::model::{config_facts, Image, Layer, LayerContent, Lost};
 use crate::reference::Reference;
 
 /// Loads an image's config and locates each of its layers.
@@ -38,6 +38,7 @@ pub fn load_image(store: &Overlay2Store, id: Digest, tag: Option<Reference>) -> 
         created: facts.created,
         tags: tag.into_iter().collect(),
         layers,
+        stored: None,
     })
 }
 
@@ -85,12 +86,16 @@ fn load_layer(store: &Overlay2Store, diff_id: &Digest, chain_id: &Digest) -> Res
             file_root,
         }
     } else {
-        LayerContent::Directory { root: file_root }
+        LayerContent::Directory {
+            root: file_root,
+            lost: Lost::TarSplit,
+        }
     };
     Ok(Layer {
         diff_id: *diff_id,
         content,
         origin,
+        remote: super::distribution::remote_blobs(store, diff_id),
     })
 }
 

@@ -10,6 +10,7 @@
 //! Everything here is opened read-only; nothing is ever written under the data root.
 
 mod data_root;
+mod distribution;
 mod layerdb;
 mod repositories;
 mod resolve;
@@ -48,12 +49,29 @@ impl Overlay2Store {
     pub fn data_root(&self) -> &Path {
         &self.data_root
     }
+
+    /// Whether `data_root` has an overlay2 image store (or one we may not read, which
+    /// [`Overlay2Store::open`] then explains).
+    pub fn present(data_root: &Path) -> bool {
+        match std::fs::metadata(data_root.join("image").join("overlay2")) {
+            Ok(meta) => meta.is_dir(),
+            Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+        }
+    }
 }
 
 impl ImageStore for Overlay2Store {
-    fn lookup(&self, input: &str) -> Result<Image> {
+    fn describe(&self) -> String {
+        format!("Docker's overlay2 store in {}", self.data_root.display())
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        vec![self.data_root.clone()]
+    }
+
+    fn lookup(&self, input: &str) -> Result<Vec<Image>> {
         let found = resolve::resolve(self, input)?;
-        layerdb::load_image(self, found.id, found.tag)
+        Ok(vec![layerdb::load_image(self, found.id, found.tag)?])
     }
 
     fn confirm_unchanged(&self, input: &str, image: &Image) -> Result<()> {

@@ -6,6 +6,8 @@ use anyhow::{bail, Result};
 use super::Overlay2Store;
 use crate::digest::Digest;
 use crate::reference::Reference;
+use crate::source::names::{self, is_hex_prefix};
+use crate::source::NotFound;
 
 /// The image an input names, and the tag to record for it (if it was a tag).
 pub struct Resolved {
@@ -17,7 +19,9 @@ pub fn resolve(store: &Overlay2Store, input: &str) -> Result<Resolved> {
     let input = input.trim();
     if let Some(id) = full_image_id(input) {
         if !config_path(store, &id).exists() {
-            bail!("no such image: {input} (no config {} in the store)", id);
+            return Err(NotFound::error(format!(
+                "no such image: {input} (no config {id} in the store)"
+            )));
         }
         return Ok(Resolved { id, tag: None });
     }
@@ -42,17 +46,13 @@ pub fn resolve(store: &Overlay2Store, input: &str) -> Result<Resolved> {
 
     match parsed {
         Err(e) => bail!("{e}"),
-        Ok(reference) => bail!("{}", not_found_message(store, &reference)),
+        Ok(reference) => Err(NotFound::error(not_found_message(store, &reference))),
     }
 }
 
 fn full_image_id(input: &str) -> Option<Digest> {
     let hex = input.strip_prefix("sha256:").unwrap_or(input);
     Digest::from_hex(hex).ok()
-}
-
-fn is_hex_prefix(s: &str) -> bool {
-    !s.is_empty() && s.len() < 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 pub fn config_path(store: &Overlay2Store, id: &Digest) -> std::path::PathBuf {
@@ -88,48 +88,12 @@ fn unique_id_with_prefix(store: &Overlay2Store, prefix: &str) -> Result<Option<D
     }
 }
 
-/// "No such image", with the closest names the engine has, as `git` suggests commands.
+/// "No such image", with the closest names the engine has.
 fn not_found_message(store: &Overlay2Store, wanted: &Reference) -> String {
-    let target = wanted.familiar_string();
-    let mut scored: Vec<(usize, &str)> = store
-        .repositories
-        .all_refs()
-        .map(|(r, _)| (edit_distance(&target, r), r))
-        .collect();
-    scored.sort();
-    let close: Vec<&str> = scored
-        .iter()
-        .filter(|(d, r)| *d <= target.len().max(r.len()) / 2 + 1)
-        .take(5)
-        .map(|(_, r)| *r)
-        .collect();
-    let mut msg = format!("no such image: {target}");
-    if close.is_empty() {
-        let total = scored.len();
-        if total == 0 {
-            msg.push_str(" (the store has no tagged images)");
-        }
-    } else {
-        msg.push_str("; closest names the engine has: ");
-        msg.push_str(&close.join(", "));
-    }
-    msg
-}
-
-/// Levenshtein distance over bytes (names are ASCII).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for i in 1..=a.len() {
-        cur[0] = i;
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
+    names::not_found_message(
+        &wanted.familiar_string(),
+        store.repositories.all_refs().map(|(r, _)| r),
+    )
 }
 
 #[cfg(test)]
@@ -137,17 +101,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn edit_distance_basics() {
-        assert_eq!(edit_distance("alpine:latest", "alpine:latest"), 0);
-        assert_eq!(edit_distance("alpin:latest", "alpine:latest"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
-    }
-
-    #[test]
-    fn hex_prefix_rules() {
-        assert!(is_hex_prefix("abc123"));
-        assert!(!is_hex_prefix("ABC"));
-        assert!(!is_hex_prefix("alpine"));
+    fn full_ids() {
         assert!(full_image_id(&format!("sha256:{}", "a".repeat(64))).is_some());
         assert!(full_image_id(&"a".repeat(64)).is_some());
         assert!(full_image_id(&"a".repeat(63)).is_none());

@@ -1,11 +1,14 @@
-//! Compressed layers, made in the background and handed to the writer in layer order.
+//! Layer blobs made in full before they are written — compressed layers, and layers
+//! decompressed from a stored blob — made in the background and handed to the writer in layer
+//! order.
 //!
 //! Up to `jobs` layers are rebuilt and compressed at once (each compressor also runs its own
 //! worker threads), straight into the blob cache (or a scratch file without one), or taken
 //! from the cache when an earlier export made them. The writer receives layer `i` as soon as
 //! it is finished, and copies it out while later layers are still compressing. A layer is
 //! committed to the cache only after its rebuild verified every CRC and its diff_id; its
-//! compressed bytes are hashed once, on their way in.
+//! compressed bytes are hashed once, on their way in. Layers an export of this kind keeps as
+//! they are (stored blobs) are verified against their digest and handed over the same way.
 
 use std::io::{Seek, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,18 +18,21 @@ use std::sync::{Condvar, Mutex};
 use anyhow::{anyhow, Context, Result};
 
 use super::blob_store::{BlobStore, NotingFailure, StoredBlob};
+use super::plan::BlobPlan;
 use crate::cache::{Key, PendingBlob};
 use crate::compress::{CompressedBlob, Compressor, Settings};
+use crate::digest::hash_reader;
 use crate::io::EngineFactory;
-use crate::model::Layer;
+use crate::model::{self, Layer};
 use crate::reassembly::{rebuild_layer, Block, BlockSink, WriteBlocks};
-use crate::sink::plan::{BlobInfo, ReadyBlob, ReadyBlobs};
+use crate::sink::plan::{media_type, BlobInfo, ReadyBlob, ReadyBlobs};
 use crate::sink::writer::Progress;
 
-/// What compressing an export's layers needs.
-pub struct CompressJob<'a> {
+/// What making an export's layer blobs needs.
+pub struct MakeJob<'a> {
     pub layers: &'a [Layer],
-    pub settings: &'a Settings,
+    /// How each layer's blob is made.
+    pub plans: &'a [BlobPlan],
     pub store: &'a BlobStore,
     pub engines: EngineFactory,
     /// Layers compressed at once.
@@ -35,10 +41,10 @@ pub struct CompressJob<'a> {
     pub progress: &'a Progress,
 }
 
-/// Compresses every layer in the background while `write` consumes them in layer order.
-/// Returns what `write` returns; when `write` fails, compressions in progress are abandoned.
-pub fn with_compressed_layers<R>(
-    job: &CompressJob,
+/// Makes every layer's blob in the background while `write` consumes them in layer order.
+/// Returns what `write` returns; when `write` fails, work in progress is abandoned.
+pub fn with_made_layers<R>(
+    job: &MakeJob,
     write: impl FnOnce(&mut dyn ReadyBlobs) -> Result<R>,
 ) -> Result<R> {
     let workers = job.jobs.max(1);
@@ -49,7 +55,7 @@ pub fn with_compressed_layers<R>(
         job.layers.len(),
         workers,
         lead,
-        |index, stop| compress_layer(job, index, stop),
+        |index, stop| make_layer(job, index, stop),
         write,
     )
 }
@@ -155,10 +161,76 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Makes layer `index`'s blob as its plan says.
+fn make_layer(job: &MakeJob, index: usize, stop: &AtomicBool) -> Result<ReadyBlob> {
+    match &job.plans[index] {
+        BlobPlan::Made(Some(settings)) => compress_layer(job, index, settings, stop),
+        BlobPlan::Made(None) | BlobPlan::Tar => uncompressed_layer(job, index, stop),
+        BlobPlan::Stored(blob) => {
+            verified_stored(job, blob).map_err(|e| e.context(job.layers[index].origin.clone()))
+        }
+    }
+}
+
+/// A stored blob, hashed and checked against its digest before it is handed over (the file
+/// handed over is the one that was checked).
+fn verified_stored(job: &MakeJob, blob: &model::StoredBlob) -> Result<ReadyBlob> {
+    let mut file = std::fs::File::open(&blob.path)
+        .with_context(|| format!("blob {}: cannot open {}", blob.digest, blob.path.display()))?;
+    let (digest, size) =
+        hash_reader(&mut file).with_context(|| format!("reading {}", blob.path.display()))?;
+    if (digest, size) != (blob.digest, blob.size) {
+        anyhow::bail!(
+            "blob {} ({}) holds {size} bytes hashing to {digest}, not what its manifest says \
+             ({} bytes); the content store is damaged",
+            blob.digest,
+            blob.path.display(),
+            blob.size
+        );
+    }
+    file.rewind().context("rewinding a stored blob")?;
+    job.progress.bytes.fetch_add(size, Ordering::Relaxed);
+    Ok(ReadyBlob {
+        info: BlobInfo {
+            digest,
+            size,
+            media_type: blob.compression.oci_media_type(),
+        },
+        file,
+    })
+}
+
+/// The uncompressed layer tar (a stored blob decompressed), verified against the diff_id, in a
+/// scratch file.
+fn uncompressed_layer(job: &MakeJob, index: usize, stop: &AtomicBool) -> Result<ReadyBlob> {
+    let mut file = job.store.scratch_file()?;
+    let mut engine = job.engines.create()?;
+    let mut sink = Watched {
+        inner: WriteBlocks(&mut file),
+        stop,
+        progress: job.progress,
+    };
+    rebuild_layer(&job.layers[index], None, engine.as_mut(), &mut sink)?;
+    let size = file.stream_position().context("measuring a scratch blob")?;
+    file.rewind().context("rewinding a scratch blob")?;
+    Ok(ReadyBlob {
+        info: BlobInfo {
+            digest: job.layers[index].diff_id,
+            size,
+            media_type: media_type::OCI_LAYER_TAR,
+        },
+        file,
+    })
+}
+
 /// Takes layer `index` from the cache, or compresses it.
-fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<ReadyBlob> {
+fn compress_layer(
+    job: &MakeJob,
+    index: usize,
+    settings: &Settings,
+    stop: &AtomicBool,
+) -> Result<ReadyBlob> {
     let layer = &job.layers[index];
-    let settings = job.settings;
     let key = Key {
         diff_id: layer.diff_id,
         algorithm: settings.algorithm,
@@ -170,7 +242,7 @@ fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<
             job.progress.bytes.fetch_add(hit.size, Ordering::Relaxed);
             hit
         }
-        None => make_blob(job, index, &key, stop)?,
+        None => make_blob(job, index, settings, &key, stop)?,
     };
     Ok(ReadyBlob {
         info: BlobInfo {
@@ -185,14 +257,20 @@ fn compress_layer(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<
 /// Compresses layer `index` into the cache as `key`, or into a scratch file when there is no
 /// cache to write. A cache that fails on the way is given up, and the layer made again in
 /// scratch (its bytes then count twice in the progress, a rare cost not worth undoing).
-fn make_blob(job: &CompressJob, index: usize, key: &Key, stop: &AtomicBool) -> Result<StoredBlob> {
+fn make_blob(
+    job: &MakeJob,
+    index: usize,
+    settings: &Settings,
+    key: &Key,
+    stop: &AtomicBool,
+) -> Result<StoredBlob> {
     if let Some(pending) = job.store.begin(key) {
-        match compress_into_cache(job, index, pending, stop)? {
+        match compress_into_cache(job, index, settings, pending, stop)? {
             Attempt::Made(blob) => return Ok(blob),
             Attempt::CacheFailed(e) => job.store.give_up_cache(&e),
         }
     }
-    compress_into_scratch(job, index, stop)
+    compress_into_scratch(job, index, settings, stop)
 }
 
 /// How compressing into the cache went, when the layer itself was sound.
@@ -205,13 +283,14 @@ enum Attempt {
 /// Compresses layer `index` into `pending` and commits it. An error is the layer's (it would
 /// fail anywhere); the cache's own failures are told apart, as [`Attempt::CacheFailed`].
 fn compress_into_cache(
-    job: &CompressJob,
+    job: &MakeJob,
     index: usize,
+    settings: &Settings,
     pending: PendingBlob,
     stop: &AtomicBool,
 ) -> Result<Attempt> {
     let mut out = NotingFailure::new(pending);
-    let compressed = compress(job, index, &mut out, stop);
+    let compressed = compress(job, index, settings, &mut out, stop);
     let (pending, write_failure) = out.into_parts();
     if let Some(e) = write_failure {
         // Whatever the compressor made of it, the cache failed first; dropping `pending`
@@ -227,9 +306,14 @@ fn compress_into_cache(
 }
 
 /// Compresses layer `index` into a nameless scratch file, rewound for copying out.
-fn compress_into_scratch(job: &CompressJob, index: usize, stop: &AtomicBool) -> Result<StoredBlob> {
+fn compress_into_scratch(
+    job: &MakeJob,
+    index: usize,
+    settings: &Settings,
+    stop: &AtomicBool,
+) -> Result<StoredBlob> {
     let mut file = job.store.scratch_file()?;
-    let blob = compress(job, index, &mut file, stop)?;
+    let blob = compress(job, index, settings, &mut file, stop)?;
     file.rewind().context("rewinding a scratch blob")?;
     Ok(StoredBlob {
         digest: blob.digest,
@@ -240,13 +324,14 @@ fn compress_into_scratch(job: &CompressJob, index: usize, stop: &AtomicBool) -> 
 
 /// Rebuilds layer `index`, verifying it, and compresses it into `out`.
 fn compress(
-    job: &CompressJob,
+    job: &MakeJob,
     index: usize,
+    settings: &Settings,
     out: &mut dyn Write,
     stop: &AtomicBool,
 ) -> Result<CompressedBlob> {
     let layer = &job.layers[index];
-    let mut compressor = Compressor::new(job.settings, out)?;
+    let mut compressor = Compressor::new(settings, out)?;
     let mut engine = job.engines.create()?;
     let mut sink = Watched {
         inner: WriteBlocks(&mut compressor),
