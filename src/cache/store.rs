@@ -125,6 +125,16 @@ impl BlobCache {
         Ok(Lookup::Hit(CachedBlob { entry, file }))
     }
 
+    /// What the entry for `key` records (the blob's digest and size), without reading or
+    /// checking the blob: enough to ask a registry whether it already holds that blob, which
+    /// needs none of its bytes. `None` for no entry, or one whose metadata cannot be read.
+    pub fn recorded(&self, key: &Key) -> Option<Entry> {
+        let bytes = fs::read(self.path(key, META_EXT)).ok()?;
+        serde_json::from_slice::<Entry>(&bytes)
+            .ok()
+            .filter(|entry| entry.key() == *key)
+    }
+
     /// Deletes `key`'s entry after a failed check. Another process may have replaced the entry
     /// meanwhile and lose it too: that costs a recompression, never a wrong blob.
     fn discard(&self, key: &Key, reason: &str) -> Result<Lookup> {

@@ -79,14 +79,21 @@ impl BlobStore {
             Ok(Lookup::Hit(hit)) => Some(hit.into()),
             Ok(Lookup::Miss) => None,
             Ok(Lookup::Discarded(reason)) => {
-                eprintln!("oci-export: {reason}; compressing it again");
+                crate::progress::note(&format!("{reason}; compressing it again"));
                 None
             }
             Err(e) => {
-                eprintln!("oci-export: warning: {e:#}; compressing the layer instead");
+                crate::progress::note(&format!("warning: {e:#}; compressing the layer instead"));
                 None
             }
         }
+    }
+
+    /// The digest and size the cache records for `key`, unverified (see
+    /// [`BlobCache::recorded`]): a push asks the registry for it before making anything.
+    pub fn recorded(&self, key: &Key) -> Option<(Digest, u64)> {
+        let entry = self.cache.as_ref()?.recorded(key)?;
+        Some((entry.digest, entry.size))
     }
 
     /// Starts writing `key`'s blob into the cache, or `None` when there is no cache to write
@@ -130,7 +137,7 @@ impl BlobStore {
     pub fn prune_cache(&self) {
         if let Some(cache) = self.cache_to_prune() {
             if let Err(e) = cache.prune(crate::cache::DEFAULT_MAX_BYTES) {
-                eprintln!("oci-export: warning: could not prune the blob cache: {e:#}");
+                crate::progress::note(&format!("warning: could not prune the blob cache: {e:#}"));
             }
         }
     }
@@ -138,7 +145,9 @@ impl BlobStore {
 
 /// The one line that says the export goes on without the cache, and why.
 fn warn_without_cache(reason: &str) {
-    eprintln!("oci-export: warning: {reason}; exporting without the blob cache (as --no-cache)");
+    crate::progress::note(&format!(
+        "warning: {reason}; exporting without the blob cache (as --no-cache)"
+    ));
 }
 
 /// A writer that remembers its first failure: the compressor may report a failed write in its

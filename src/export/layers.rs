@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::plan::BlobPlan;
 use crate::io::EngineFactory;
-use crate::model::Layer;
+use crate::model::{Layer, LayerContent};
 use crate::parallel;
 use crate::reassembly::{measure_layer, rebuild_layer, stored, BlockSink};
 use crate::sink::plan::{media_type, BlobInfo};
@@ -19,6 +19,21 @@ pub fn measure_all(layers: &[Layer], plans: &[BlobPlan], jobs: usize) -> Result<
     parallel::map(&items, jobs, |(layer, plan)| match plan {
         BlobPlan::Stored(blob) => Ok(blob.size),
         _ => Ok(measure_layer(layer)?.tar_size),
+    })
+}
+
+/// Each layer's uncompressed size where it can be known cheaply (a pass over tar-split; a
+/// plain stored blob's descriptor), for a progress total: `None` for a layer to decompress.
+pub fn measure_for_progress(
+    layers: &[Layer],
+    plans: &[BlobPlan],
+    jobs: usize,
+) -> Result<Vec<Option<u64>>> {
+    let items: Vec<(&Layer, &BlobPlan)> = layers.iter().zip(plans).collect();
+    parallel::map(&items, jobs, |(layer, plan)| match (plan, &layer.content) {
+        (BlobPlan::Stored(blob), _) => Ok(Some(blob.size)),
+        (_, LayerContent::Blob(_)) => Ok(None),
+        _ => Ok(Some(measure_layer(layer)?.tar_size)),
     })
 }
 

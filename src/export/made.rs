@@ -24,9 +24,9 @@ use crate::compress::{CompressedBlob, Compressor, Settings};
 use crate::digest::hash_reader;
 use crate::io::EngineFactory;
 use crate::model::{self, Layer};
+use crate::progress::{Phase, Progress};
 use crate::reassembly::{rebuild_layer, Block, BlockSink, WriteBlocks};
 use crate::sink::plan::{media_type, BlobInfo, ReadyBlob, ReadyBlobs};
-use crate::sink::writer::Progress;
 
 /// What making an export's layer blobs needs.
 pub struct MakeJob<'a> {
@@ -39,6 +39,9 @@ pub struct MakeJob<'a> {
     pub jobs: usize,
     /// Counts layer bytes as they are compressed, and cached blobs as they are verified.
     pub progress: &'a Progress,
+    /// Each layer's uncompressed size where it was measured (for progress only): a layer
+    /// taken from the cache counts as that many bytes done.
+    pub sizes: &'a [Option<u64>],
 }
 
 /// Makes every layer's blob in the background while `write` consumes them in layer order.
@@ -55,7 +58,11 @@ pub fn with_made_layers<R>(
         job.layers.len(),
         workers,
         lead,
-        |index, stop| make_layer(job, index, stop),
+        |index, stop| {
+            let blob = make_layer(job, index, stop)?;
+            job.progress.finish(index, Phase::Done);
+            Ok(blob)
+        },
         write,
     )
 }
@@ -161,20 +168,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Makes layer `index`'s blob as its plan says.
-fn make_layer(job: &MakeJob, index: usize, stop: &AtomicBool) -> Result<ReadyBlob> {
+/// The blob cache's key for `layer` compressed with `settings`.
+pub fn cache_key(layer: &Layer, settings: &Settings) -> Key {
+    Key {
+        diff_id: layer.diff_id,
+        algorithm: settings.algorithm,
+        level: settings.level,
+    }
+}
+
+/// Makes layer `index`'s blob as its plan says (a stored blob: verified); `stop` abandons the
+/// work with [`Cancelled`] when raised.
+pub fn make_layer(job: &MakeJob, index: usize, stop: &AtomicBool) -> Result<ReadyBlob> {
     match &job.plans[index] {
         BlobPlan::Made(Some(settings)) => compress_layer(job, index, settings, stop),
         BlobPlan::Made(None) | BlobPlan::Tar => uncompressed_layer(job, index, stop),
-        BlobPlan::Stored(blob) => {
-            verified_stored(job, blob).map_err(|e| e.context(job.layers[index].origin.clone()))
-        }
+        BlobPlan::Stored(blob) => verified_stored(job, index, blob)
+            .map_err(|e| e.context(job.layers[index].origin.clone())),
     }
 }
 
 /// A stored blob, hashed and checked against its digest before it is handed over (the file
 /// handed over is the one that was checked).
-fn verified_stored(job: &MakeJob, blob: &model::StoredBlob) -> Result<ReadyBlob> {
+fn verified_stored(job: &MakeJob, index: usize, blob: &model::StoredBlob) -> Result<ReadyBlob> {
+    job.progress.phase(index, Phase::Verifying, Some(blob.size));
     let mut file = std::fs::File::open(&blob.path)
         .with_context(|| format!("blob {}: cannot open {}", blob.digest, blob.path.display()))?;
     let (digest, size) =
@@ -189,7 +206,7 @@ fn verified_stored(job: &MakeJob, blob: &model::StoredBlob) -> Result<ReadyBlob>
         );
     }
     file.rewind().context("rewinding a stored blob")?;
-    job.progress.bytes.fetch_add(size, Ordering::Relaxed);
+    job.progress.add(index, size);
     Ok(ReadyBlob {
         info: BlobInfo {
             digest,
@@ -205,10 +222,16 @@ fn verified_stored(job: &MakeJob, blob: &model::StoredBlob) -> Result<ReadyBlob>
 fn uncompressed_layer(job: &MakeJob, index: usize, stop: &AtomicBool) -> Result<ReadyBlob> {
     let mut file = job.store.scratch_file()?;
     let mut engine = job.engines.create()?;
+    job.progress.phase(
+        index,
+        Phase::Decompressing,
+        job.sizes.get(index).copied().flatten(),
+    );
     let mut sink = Watched {
         inner: WriteBlocks(&mut file),
         stop,
         progress: job.progress,
+        index,
     };
     rebuild_layer(&job.layers[index], None, engine.as_mut(), &mut sink)?;
     let size = file.stream_position().context("measuring a scratch blob")?;
@@ -231,15 +254,14 @@ fn compress_layer(
     stop: &AtomicBool,
 ) -> Result<ReadyBlob> {
     let layer = &job.layers[index];
-    let key = Key {
-        diff_id: layer.diff_id,
-        algorithm: settings.algorithm,
-        level: settings.level,
-    };
+    let key = cache_key(layer, settings);
     let blob = match job.store.lookup(&key) {
         Some(hit) => {
-            // The bytes verified stand in for the layer's, whose size a hit does not need.
-            job.progress.bytes.fetch_add(hit.size, Ordering::Relaxed);
+            // The layer counts as done; without its measured size, the bytes verified stand
+            // in for it.
+            let size = job.sizes.get(index).copied().flatten();
+            job.progress.phase(index, Phase::Verifying, size);
+            job.progress.add(index, size.unwrap_or(hit.size));
             hit
         }
         None => make_blob(job, index, settings, &key, stop)?,
@@ -333,10 +355,16 @@ fn compress(
     let layer = &job.layers[index];
     let mut compressor = Compressor::new(settings, out)?;
     let mut engine = job.engines.create()?;
+    job.progress.phase(
+        index,
+        Phase::Compressing,
+        job.sizes.get(index).copied().flatten(),
+    );
     let mut sink = Watched {
         inner: WriteBlocks(&mut compressor),
         stop,
         progress: job.progress,
+        index,
     };
     // No sizing pass: the blob's size is known when it is made; the one pass checks for
     // duplicate paths itself.
@@ -347,13 +375,15 @@ fn compress(
 /// The compression was abandoned because something else failed first.
 #[derive(Debug, thiserror::Error)]
 #[error("compression abandoned")]
-struct Cancelled;
+pub struct Cancelled;
 
 /// Passes rebuilt blocks to the compressor, counting them, until told to stop.
 struct Watched<'a, S> {
     inner: S,
     stop: &'a AtomicBool,
     progress: &'a Progress,
+    /// The layer, for its progress line.
+    index: usize,
 }
 
 impl<S: BlockSink> BlockSink for Watched<'_, S> {
@@ -361,9 +391,7 @@ impl<S: BlockSink> BlockSink for Watched<'_, S> {
         if self.stop.load(Ordering::Relaxed) {
             return Err(Cancelled.into());
         }
-        self.progress
-            .bytes
-            .fetch_add(block.len() as u64, Ordering::Relaxed);
+        self.progress.add(self.index, block.len() as u64);
         self.inner.put(block)
     }
 }

@@ -14,19 +14,21 @@ mod set;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
 use crate::cli::Format;
 use crate::io::{EngineFactory, IoMode};
-use crate::model::{Image, LayerKey};
+use crate::model::{Image, Layer, LayerContent, LayerKey};
+use crate::progress::{self, Display, Progress};
 use crate::regenerate::Regenerated;
 use crate::sink::output::Output;
-use crate::sink::writer::{write_archive, Progress, WriteOptions};
+use crate::sink::writer::{write_archive, WriteOptions};
 use crate::sink::{docker_archive, incremental, oci_dir};
 use crate::source::{self, ImageStore, SourceOptions};
 use blob_store::BlobStore;
-use layers::{known_blobs, measure_all, Producer};
+use layers::{known_blobs, measure_all, measure_for_progress, Producer};
 use made::{with_made_layers, MakeJob};
 use plan::{plan_layers, BlobPlan, Requested};
 pub use set::ExportSet;
@@ -81,7 +83,7 @@ pub fn run(req: &ExportRequest) -> Result<()> {
         roots: &roots,
         blob_of: &blob_of,
         plans: &plans,
-        progress: Progress::default(),
+        progress: Arc::new(Progress::new(set.layers.len())),
     };
 
     if plans.iter().all(BlobPlan::known_up_front) {
@@ -93,10 +95,37 @@ pub fn run(req: &ExportRequest) -> Result<()> {
         })
     } else {
         // Blobs made in full first (compressed, decompressed) need no sizing pass: a blob's
-        // size is known once it is made, and a cache hit reads no tar-split at all. Their total
-        // is not known up front, so progress shows bytes processed and a rate.
-        export.reporting(None, || export.made(destination))
+        // size is known once it is made, and a cache hit reads no tar-split at all. Only a
+        // progress display wants the total up front, and then measures what it can.
+        let sizes = if req.show_progress {
+            measure_for_progress(&set.layers, &plans, req.jobs)?
+        } else {
+            vec![None; set.layers.len()]
+        };
+        let total = sizes.iter().copied().sum::<Option<u64>>();
+        export.reporting(total, || export.made(destination, &sizes))
     }
+}
+
+/// A layer's short name on its progress line: its digest's first 12 hex digits.
+pub fn layer_label(layer: &Layer) -> String {
+    let digest = match &layer.content {
+        LayerContent::Blob(blob) => blob.digest,
+        _ => layer.diff_id,
+    };
+    digest.hex()[..12].to_string()
+}
+
+/// The images' names (or IDs) for a progress title and a summary.
+fn image_names(images: &[Image]) -> String {
+    let names: Vec<String> = images
+        .iter()
+        .map(|i| match i.tags.first() {
+            Some(tag) => tag.familiar_string(),
+            None => i.id.hex()[..12].to_string(),
+        })
+        .collect();
+    names.join(", ")
 }
 
 /// Where the export goes, checked and opened before any layer is read.
@@ -136,19 +165,44 @@ struct Export<'a> {
     roots: &'a [PathBuf],
     blob_of: &'a HashMap<LayerKey, usize>,
     plans: &'a [BlobPlan],
-    progress: Progress,
+    progress: Arc<Progress>,
 }
 
 impl Export<'_> {
-    /// Runs `work` with a progress line on stderr, when asked for, counting layer bytes.
+    /// Runs `work` with progress bars on stderr, when asked for, then a summary line.
     fn reporting(&self, total: Option<u64>, work: impl FnOnce() -> Result<()>) -> Result<()> {
-        let reporter = self
-            .req
-            .show_progress
-            .then(|| crate::progress::Reporter::start(&self.progress, total));
+        let destination = match (&self.req.output, self.req.format) {
+            (Some(path), _) => path.display().to_string(),
+            (None, _) => "stdout".to_string(),
+        };
+        let display = self.req.show_progress.then(|| {
+            Display::start(
+                self.progress.clone(),
+                progress::Job {
+                    title: format!("{} → {destination}", image_names(&self.set.images)),
+                    total,
+                    layers: self.set.layers.iter().map(layer_label).collect(),
+                },
+            )
+        });
         let result = work();
-        if let Some(r) = reporter {
-            r.finish(result.is_ok());
+        if let Some(display) = display {
+            let summary = result.is_ok().then(|| {
+                let bytes = self.progress.bytes();
+                let elapsed = display.elapsed();
+                let ids: Vec<String> = self.set.images.iter().map(|i| i.id.to_string()).collect();
+                format!(
+                    "wrote {destination}: {} ({} {}), {} layers, {} in {:.1} s ({})",
+                    image_names(&self.set.images),
+                    if ids.len() == 1 { "image" } else { "images" },
+                    ids.join(", "),
+                    self.set.layers.len(),
+                    progress::human_bytes(bytes),
+                    elapsed.as_secs_f64(),
+                    progress::human_rate(bytes, elapsed),
+                )
+            });
+            display.finish(summary);
         }
         result
     }
@@ -190,7 +244,7 @@ impl Export<'_> {
     /// Blobs made in full first are known only once made, so they are made in the background
     /// (into the blob cache, or scratch files) and written out in layer order as each is
     /// finished.
-    fn made(&self, destination: Destination) -> Result<()> {
+    fn made(&self, destination: Destination, sizes: &[Option<u64>]) -> Result<()> {
         let req = self.req;
         let store = BlobStore::open(&req.cache, self.roots)?;
         let job = MakeJob {
@@ -200,6 +254,7 @@ impl Export<'_> {
             engines: self.engines,
             jobs: req.jobs,
             progress: &self.progress,
+            sizes,
         };
         let layout = self.layout();
         let result = match destination {

@@ -88,7 +88,7 @@ impl ExportSet {
         for image in &mut self.images {
             if needs_regeneration(image) {
                 *image =
-                    regenerate_image(image, scratch, &mut |note| eprintln!("oci-export: {note}"))?;
+                    regenerate_image(image, scratch, &mut |note| crate::progress::note(&note))?;
             }
         }
         self.layers = distinct_layers(&self.images);

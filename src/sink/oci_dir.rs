@@ -10,14 +10,14 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 
 use super::output::{absolute, refuse_inside};
 use super::plan::{Body, IncrementalPlan, Plan, PlanEntry, ReadyBlobs};
-use super::writer::{BlobProducer, Progress};
+use super::writer::BlobProducer;
 use crate::parallel;
+use crate::progress::{Phase, Progress};
 use crate::reassembly::{Block, BlockSink};
 use crate::scratch::ScratchDir;
 
@@ -51,7 +51,8 @@ pub fn write_dir(
         })
         .collect();
     parallel::map(&blobs, jobs, |(path, blob)| {
-        write_blob(path, *blob, producer, progress)
+        let size = plan.blobs[*blob].size;
+        write_blob(path, *blob, size, producer, progress)
     })?;
     dir.commit(before_commit)
 }
@@ -219,26 +220,32 @@ fn create(path: &Path) -> Result<File> {
 fn write_blob(
     path: &Path,
     blob: usize,
+    size: u64,
     producer: &dyn BlobProducer,
     progress: &Progress,
 ) -> Result<()> {
     let file = create(path)?;
-    let mut out = CountingWriter { file, progress };
+    let mut out = CountingWriter {
+        file,
+        progress,
+        blob,
+    };
+    progress.phase(blob, Phase::Writing, Some(size));
     producer.produce(blob, &mut out)?;
+    progress.finish(blob, Phase::Done);
     Ok(())
 }
 
 struct CountingWriter<'a> {
     file: File,
     progress: &'a Progress,
+    blob: usize,
 }
 
 impl BlockSink for CountingWriter<'_> {
     fn put(&mut self, block: Block) -> Result<()> {
         self.file.write_all(&block).context("writing a blob")?;
-        self.progress
-            .bytes
-            .fetch_add(block.len() as u64, Ordering::Relaxed);
+        self.progress.add(self.blob, block.len() as u64);
         Ok(())
     }
 }

@@ -14,7 +14,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 
@@ -23,18 +23,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::plan::{Body, Plan};
 use super::tar;
 use crate::parallel;
+use crate::progress::{Phase, Progress};
 use crate::reassembly::{Block, BlockSink};
 
 /// Produces blob bytes on demand; called from worker threads.
 pub trait BlobProducer: Sync {
     /// Writes blob `index` of the plan, exactly its planned size, to `out`.
     fn produce(&self, index: usize, out: &mut dyn BlockSink) -> Result<()>;
-}
-
-/// Bytes written so far, for progress reporting.
-#[derive(Default)]
-pub struct Progress {
-    pub bytes: std::sync::Arc<AtomicU64>,
 }
 
 /// Blocks buffered per layer in streaming mode (each up to 1 MiB as the reassembler writes them).
@@ -146,11 +141,14 @@ fn write_positional(
             offset: base + placed[pos].data_offset,
             end: base + placed[pos].data_offset + placed[pos].size,
             progress,
+            blob,
         };
+        progress.phase(blob, Phase::Writing, Some(placed[pos].size));
         producer.produce(blob, &mut out)?;
         if out.offset != out.end {
             bail!("blob {} ended early", plan.blobs[blob].digest);
         }
+        progress.finish(blob, Phase::Done);
         Ok(())
     })?;
     Ok(())
@@ -195,6 +193,7 @@ struct PositionalWriter<'a> {
     offset: u64,
     end: u64,
     progress: &'a Progress,
+    blob: usize,
 }
 
 impl BlockSink for PositionalWriter<'_> {
@@ -206,9 +205,7 @@ impl BlockSink for PositionalWriter<'_> {
             .write_all_at(&block, self.offset)
             .context("writing the archive")?;
         self.offset += block.len() as u64;
-        self.progress
-            .bytes
-            .fetch_add(block.len() as u64, Ordering::Relaxed);
+        self.progress.add(self.blob, block.len() as u64);
         Ok(())
     }
 }
@@ -270,14 +267,14 @@ fn write_streaming(
                         let rx = receivers[k].take().expect("each blob is received once");
                         k += 1;
                         let mut written = 0u64;
+                        progress.phase(*blob, Phase::Writing, Some(p.size));
                         for block in rx.iter() {
                             let block = block.map_err(|e| anyhow!(e))?;
                             out.write_all(&block).context("writing the archive")?;
                             written += block.len() as u64;
-                            progress
-                                .bytes
-                                .fetch_add(block.len() as u64, Ordering::Relaxed);
+                            progress.add(*blob, block.len() as u64);
                         }
+                        progress.finish(*blob, Phase::Done);
                         if written != p.size {
                             bail!(
                                 "blob {} produced {written} of {} bytes",

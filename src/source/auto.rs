@@ -58,7 +58,7 @@ impl ImageStore for AutoStore {
                 Ok(images) => {
                     if index > 0 {
                         // Not the store a Docker user would look in first: say where it was.
-                        eprintln!("oci-export: {input}: found in {}", store.describe());
+                        crate::progress::note(&format!("{input}: found in {}", store.describe()));
                     }
                     self.chosen
                         .lock()
