@@ -79,7 +79,14 @@ pub(crate) fn discover(
         );
     }
     match ping(&http) {
-        Ok(response) => Ok((http, response)),
+        // Only a registry's answer proves the server speaks plain HTTP: a TLS server answers a
+        // plain request too (Go's: 400 "Client sent an HTTP request to an HTTPS server").
+        Ok(response) if matches!(response.status, 200 | 401) => Ok((http, response)),
+        Ok(response) => bail!(
+            "registry {domain}: HTTPS failed ({tls_failure}), and plain HTTP GET /v2/ answered \
+             {} rather than as a registry does",
+            response.status
+        ),
         Err(http_failure) => bail!(
             "registry {domain} answers neither HTTPS ({tls_failure}) nor plain HTTP ({http_failure})"
         ),

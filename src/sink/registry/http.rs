@@ -117,14 +117,14 @@ impl Response {
         let retry_after = self
             .header("retry-after")
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        Failure::Answer(Answer {
+        Failure::Answer(Box::new(Answer {
             status: self.status,
             errors: parse_errors(&self.body),
             text: body_snippet(&self.body),
             retry_after,
             method: self.method,
             target: self.target,
-        })
+        }))
     }
 }
 
@@ -194,7 +194,8 @@ pub(crate) enum TransportErrorKind {
 #[derive(Debug)]
 pub(crate) enum Failure {
     Transport(TransportError),
-    Answer(Answer),
+    /// Boxed: the answer is large, and failures travel through every `Result` here.
+    Answer(Box<Answer>),
     /// Anything else (a malformed answer, a policy refusal), already worded.
     Other(anyhow::Error),
 }
@@ -368,24 +369,36 @@ fn bad_request(e: ureq::http::Error) -> Failure {
 /// Sorts a ureq error into what the retry logic needs to know.
 fn classify(e: ureq::Error, method: &str, target: &Target) -> TransportError {
     use TransportErrorKind::*;
+    // rustls's handshake errors reach us directly or wrapped in the stream's io::Error.
+    let tls_error = match &e {
+        ureq::Error::Rustls(t) => Some(t),
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    if let Some(rustls::Error::InvalidCertificate(c)) = tls_error {
+        return TransportError {
+            message: format!(
+                "{method} {target}: the server's TLS certificate is not trusted ({c:?}); put \
+                 the CA that signed it in <certs dir>/{}/ca.crt",
+                target.origin.authority()
+            ),
+            kind: Certificate,
+        };
+    }
     let kind = match &e {
         ureq::Error::Io(_)
         | ureq::Error::Timeout(_)
         | ureq::Error::ConnectionFailed
-        | ureq::Error::Protocol(_) => Transient,
-        ureq::Error::Rustls(rustls::Error::InvalidCertificate(_)) => Certificate,
-        ureq::Error::Rustls(_) => Transient,
+        | ureq::Error::Protocol(_)
+        | ureq::Error::Rustls(_) => Transient,
         _ => Fatal,
     };
-    let message = match &e {
-        ureq::Error::Rustls(rustls::Error::InvalidCertificate(c)) => format!(
-            "{method} {target}: the server's TLS certificate is not trusted ({c:?}); put its CA in \
-             <certs dir>/{}/ca.crt",
-            target.origin.authority()
-        ),
-        _ => format!("{method} {target}: {e}"),
-    };
-    TransportError { message, kind }
+    TransportError {
+        message: format!("{method} {target}: {e}"),
+        kind,
+    }
 }
 
 /// Reads a blob for a request body, telling `progress` how far it got and keeping our own read

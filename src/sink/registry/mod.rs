@@ -190,6 +190,19 @@ impl std::io::Read for PositionedReader<'_> {
     }
 }
 
+/// Where a registry's login came from (see [`Registry::login`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginSource {
+    /// The config.json consulted (`None`: neither `DOCKER_CONFIG` nor `HOME` is set).
+    pub config_file: Option<PathBuf>,
+    /// Whether it exists.
+    pub config_found: bool,
+    /// `credHelpers (docker-credential-NAME)`, `credsStore (…)`, `auths` or `none`.
+    pub source: String,
+    /// The user name, if there are credentials (empty for an identity token from a helper).
+    pub username: Option<String>,
+}
+
 /// One registry host: its endpoint, its TLS and its login, shared by every thread pushing to it.
 pub struct Registry {
     domain: String,
@@ -266,15 +279,20 @@ impl Registry {
         self.session.origin.to_string()
     }
 
-    /// Which config file was consulted and who supplied the credentials (for a message such as
-    /// "credentials from /root/.docker/config.json (credsStore …)"; never the secrets).
-    pub fn credential_lookup(&self) -> (&Option<PathBuf>, bool, &str, Option<&str>) {
-        (
-            &self.credentials.config_file,
-            self.credentials.config_found,
-            &self.credentials.source,
-            self.credentials.credentials.as_ref().map(|c| c.username()),
-        )
+    /// Which config file was consulted and who supplied the credentials, for a message such
+    /// as "credentials for ghcr.io from /root/.docker/config.json (credsStore …)" (under sudo
+    /// that is root's file unless `DOCKER_CONFIG` says otherwise). Never the secrets.
+    pub fn login(&self) -> LoginSource {
+        LoginSource {
+            config_file: self.credentials.config_file.clone(),
+            config_found: self.credentials.config_found,
+            source: self.credentials.source.clone(),
+            username: self
+                .credentials
+                .credentials
+                .as_ref()
+                .map(|c| c.username().to_string()),
+        }
     }
 
     pub fn repository(&self, path: &str) -> Repository<'_> {
