@@ -65,7 +65,7 @@ pub(crate) enum Challenge {
     Bearer {
         realm: String,
         service: Option<String>,
-        /// The scope the registry named (added to ours, in case it wants more).
+        /// The scope the registry named (added to ours for the request it refused).
         scope: Option<String>,
     },
 }
@@ -159,6 +159,14 @@ pub(crate) struct Auth {
 
 impl Auth {
     pub fn new(credentials: Option<Credentials>, challenge: Challenge, insecure: bool) -> Self {
+        let challenge = match challenge {
+            Challenge::Bearer { realm, service, .. } => Challenge::Bearer {
+                realm,
+                service,
+                scope: None,
+            },
+            other => other,
+        };
         Auth {
             credentials,
             challenge: RwLock::new(challenge),
@@ -189,15 +197,7 @@ impl Auth {
                 }
                 _ => None,
             }),
-            Challenge::Bearer {
-                realm,
-                service,
-                scope,
-            } => {
-                let scopes = match &scope {
-                    Some(extra) => scopes.with(extra),
-                    None => scopes.clone(),
-                };
+            Challenge::Bearer { realm, service, .. } => {
                 let key = scopes.key();
                 if let Some(t) = self
                     .tokens
@@ -210,7 +210,7 @@ impl Auth {
                     }
                 }
                 let (token, lifetime) =
-                    self.fetch_token(transport, &realm, service.as_deref(), &scopes)?;
+                    self.fetch_token(transport, &realm, service.as_deref(), scopes)?;
                 let header = Secret::new(format!("Bearer {}", token.expose()));
                 // Renew when 90% of the lifetime is gone, so a token never lapses in flight.
                 let renew_at = Instant::now() + lifetime.mul_f64(0.9);
@@ -229,40 +229,59 @@ impl Auth {
         }
     }
 
-    /// Takes in a 401 from the registry. Returns whether sending the request again may help: a
-    /// new or changed challenge, or a token the registry no longer accepts (which is dropped).
+    /// Takes in a 401 from the registry. Returns the scopes to send the request again with, if
+    /// that may help: a new or changed challenge, or a token the registry no longer accepts
+    /// (which is dropped). A scope the challenge names is added for this request only (the
+    /// shared challenge keeps none, so that one repository's scope does not leak into the
+    /// tokens for others).
     pub fn unauthorized(
         &self,
         response: &Response,
         scopes: &Scopes,
         sent_credentials: bool,
-    ) -> bool {
+    ) -> Option<Scopes> {
         let offered = parse_challenge(response.header_all("www-authenticate"));
+        let (shared, extra) = match offered {
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => (
+                Challenge::Bearer {
+                    realm,
+                    service,
+                    scope: None,
+                },
+                scope,
+            ),
+            other => (other, None),
+        };
         let mut current = self.challenge.write().unwrap_or_else(|e| e.into_inner());
-        let changed = offered != *current && offered != Challenge::None;
+        let changed = shared != *current && shared != Challenge::None;
         if changed {
-            *current = offered.clone();
+            *current = shared.clone();
         }
         drop(current);
-        match offered {
-            Challenge::Bearer { scope, .. } => {
-                let scopes = match &scope {
-                    Some(extra) => scopes.with(extra),
-                    None => scopes.clone(),
-                };
+        let retry_scopes = match &extra {
+            Some(extra) => scopes.with(extra),
+            None => scopes.clone(),
+        };
+        let retry = match shared {
+            Challenge::Bearer { .. } => {
                 let dropped = self
                     .tokens
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&scopes.key())
                     .is_some();
-                changed || dropped || !sent_credentials
+                changed || dropped || !sent_credentials || retry_scopes != *scopes
             }
             Challenge::Basic => {
                 changed && matches!(self.credentials, Some(Credentials::Password { .. }))
             }
             Challenge::None => false,
-        }
+        };
+        retry.then_some(retry_scopes)
     }
 
     fn fetch_token(
@@ -379,6 +398,7 @@ fn parse_token_response(body: &[u8]) -> Result<(Secret, Duration), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::registry::url::Target;
 
     #[test]
     fn bearer_challenges_with_quoted_commas() {
@@ -412,6 +432,59 @@ mod tests {
             parse_params(r#"a="x\"y", b=2"#),
             vec![("a".into(), "x\"y".into()), ("b".into(), "2".into())]
         );
+    }
+
+    fn unauthorized_answer(challenge: &str) -> Response {
+        let mut headers = ureq::http::HeaderMap::new();
+        headers.insert("www-authenticate", challenge.parse().unwrap());
+        Response {
+            status: 401,
+            headers,
+            body: Vec::new(),
+            target: Target::parse("http://127.0.0.1:5000/v2/a/blobs/uploads/").unwrap(),
+            method: "POST",
+        }
+    }
+
+    #[test]
+    fn a_challenge_scope_serves_the_refused_request_only() {
+        let realm = "http://127.0.0.1:5001/token";
+        let auth = Auth::new(
+            None,
+            parse_challenge(
+                [format!(r#"Bearer realm="{realm}",scope="repository:x:pull""#).as_str()]
+                    .into_iter(),
+            ),
+            false,
+        );
+        let bearer = Challenge::Bearer {
+            realm: realm.into(),
+            service: None,
+            scope: None,
+        };
+        assert_eq!(auth.challenge(), bearer);
+        let refused = unauthorized_answer(&format!(
+            r#"Bearer realm="{realm}",scope="repository:other:pull",error="insufficient_scope""#
+        ));
+        let retry = auth
+            .unauthorized(&refused, &Scopes::push("a"), true)
+            .unwrap();
+        assert_eq!(retry.key(), "repository:a:pull,push repository:other:pull");
+        assert_eq!(
+            auth.challenge(),
+            bearer,
+            "the shared challenge keeps no scope"
+        );
+        // The same challenge again, for the same scopes, with no token to drop: no retry.
+        let again = unauthorized_answer(&format!(r#"Bearer realm="{realm}""#));
+        assert!(auth
+            .unauthorized(&again, &Scopes::push("a"), true)
+            .is_none());
+        // A Basic challenge with no password to offer: no retry either.
+        let basic = unauthorized_answer(r#"Basic realm="r""#);
+        assert!(auth
+            .unauthorized(&basic, &Scopes::push("a"), false)
+            .is_none());
     }
 
     #[test]

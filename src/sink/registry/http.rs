@@ -452,12 +452,13 @@ impl Session {
         let mut method = request.method;
         let mut body = &request.body;
         let empty = Body::Empty;
+        let mut scopes = request.scopes.clone();
         let mut reauthorized = false;
         let mut hops = 0;
         loop {
             let ours = target.origin == self.origin;
             let authorization = if ours {
-                self.auth.authorization(&self.transport, request.scopes)?
+                self.auth.authorization(&self.transport, &scopes)?
             } else {
                 None
             };
@@ -470,13 +471,16 @@ impl Session {
             )?;
             if response.status == 401 && ours && !reauthorized {
                 reauthorized = true;
-                if self
+                match self
                     .auth
-                    .unauthorized(&response, request.scopes, authorization.is_some())
+                    .unauthorized(&response, &scopes, authorization.is_some())
                 {
-                    continue;
+                    Some(retry_scopes) => {
+                        scopes = retry_scopes;
+                        continue;
+                    }
+                    None => return Ok(response),
                 }
-                return Ok(response);
             }
             let Some(location) = redirect_location(&response, method) else {
                 return Ok(response);
