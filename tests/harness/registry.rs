@@ -79,7 +79,20 @@ fn free_port() -> u16 {
 }
 
 impl RegistryServer {
+    /// Starts a registry. The port is found free just before; should another process take it
+    /// first (the registry then exits), it is tried again on another.
     pub fn start(config: &Config<'_>) -> RegistryServer {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(config) {
+                Ok(server) => return server,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}");
+    }
+
+    fn try_start(config: &Config<'_>) -> Result<RegistryServer, String> {
         let dir = tempfile::Builder::new()
             .prefix("oe-registry.")
             .tempdir()
@@ -144,26 +157,38 @@ impl RegistryServer {
             .spawn()
             .expect("starting docker-registry");
         let mut server = RegistryServer { addr, child, dir };
-        server.wait_listening();
-        server
+        server.wait_listening()?;
+        Ok(server)
     }
 
-    fn wait_listening(&mut self) {
+    fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if TcpStream::connect(&self.addr).is_ok() {
-                return;
-            }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("docker-registry exited ({status}):\n{}", self.log());
+                return Err(format!(
+                    "docker-registry exited ({status}):\n{}",
+                    self.log()
+                ));
+            }
+            if TcpStream::connect(&self.addr).is_ok() {
+                // A registry that lost the port to someone else exits at once: make sure it
+                // is ours that listens.
+                std::thread::sleep(Duration::from_millis(50));
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Err(format!(
+                        "docker-registry exited ({status}):\n{}",
+                        self.log()
+                    ));
+                }
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
+        Err(format!(
             "docker-registry did not listen on {}:\n{}",
             self.addr,
             self.log()
-        );
+        ))
     }
 
     pub fn log(&self) -> String {
