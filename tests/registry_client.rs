@@ -5,7 +5,7 @@
 
 mod harness;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,8 @@ use harness::registry::{
 use harness::token_server::TokenServer;
 use oci_export::digest::Digest;
 use oci_export::sink::registry::{
-    BlobSource, BytesBlob, ClientOptions, Registry, Repository, RetryPolicy, UploadOptions,
+    BlobSource, BytesBlob, ClientOptions, FileBlob, Registry, Repository, RetryPolicy,
+    UploadOptions,
 };
 
 const MIB: usize = 1 << 20;
@@ -1221,7 +1222,7 @@ fn a_blob_the_registry_keeps_refusing_fails_clearly_and_no_tag_appears() {
     );
     assert!(err.contains(&layer.to_string()), "names the blob: {err}");
     assert!(
-        err.contains("503 Service Unavailable") && err.contains("after 5 attempts"),
+        err.contains("503 Service Unavailable") && err.contains("after 5 failed attempts"),
         "{err}"
     );
     assert_eq!(
@@ -1308,7 +1309,7 @@ fn credentials_never_go_to_another_host() {
 }
 
 #[test]
-fn blobs_upload_in_parallel_through_one_client() {
+fn blobs_upload_in_parallel_through_one_client_from_files() {
     if !registry_tools() {
         return;
     }
@@ -1316,13 +1317,30 @@ fn blobs_upload_in_parallel_through_one_client() {
     let registry = RegistryServer::start(&Config::default());
     let client = Registry::connect(&registry.addr, &options(dir.path())).unwrap();
     let image = TestImage::new(&[MIB, 2 * MIB, 3 * MIB, 4 * MIB], 18);
+    let files: Vec<FileBlob> = image
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| {
+            let path = dir.path().join(format!("layer{i}"));
+            std::fs::write(&path, layer).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            FileBlob::new(file, Digest::of(layer), layer.len() as u64)
+        })
+        .collect();
     let repo = client.repository("oe/parallel");
     std::thread::scope(|s| {
-        for layer in &image.layers {
+        for blob in &files {
             let repo = &repo;
-            s.spawn(move || repo.upload(&BytesBlob::new(layer), &|_| {}).unwrap());
+            s.spawn(move || repo.upload(blob, &|_| {}).unwrap());
         }
     });
+    for (blob, layer) in files.iter().zip(&image.layers) {
+        assert_eq!(
+            repo.blob_size(&blob.digest()).unwrap(),
+            Some(layer.len() as u64)
+        );
+    }
     push(&repo, &image, "v1").unwrap();
     assert_pulled_back(
         dir.path(),
@@ -1330,5 +1348,53 @@ fn blobs_upload_in_parallel_through_one_client() {
         &plain(),
         &image,
     );
-    let _: PathBuf = registry.storage();
+}
+
+#[test]
+fn a_chunked_upload_that_keeps_breaking_fails_with_one_clear_error() {
+    if !registry_tools() {
+        return;
+    }
+    let dir = scratch();
+    let image = TestImage::new(&[9 * MIB], 21);
+    let layer = Digest::of(&image.layers[0]);
+    let (registry, proxy) = proxied(
+        vec![Rule::new(Some("PATCH"), None, Action::ResetAfter(1000)).window(1, usize::MAX)],
+        false,
+    );
+    let mut opts = options(dir.path());
+    opts.upload = UploadOptions {
+        chunked: true,
+        chunk_size: 4 * MIB as u64,
+    };
+    let client = Registry::connect(proxy.addr(), &opts).unwrap();
+    let err = format!(
+        "{:#}",
+        push(&client.repository("oe/breaking"), &image, "v1").unwrap_err()
+    );
+    assert!(
+        err.starts_with(&format!(
+            "uploading blob {layer} ({} bytes) to {}/oe/breaking: ",
+            9 * MIB,
+            proxy.addr()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("PATCH") && err.ends_with("(after 5 failed attempts)"),
+        "{err}"
+    );
+    let seen = proxy.seen();
+    assert_eq!(count(&seen, |s| s.target.contains("/manifests/")), 0);
+    assert!(
+        count(&seen, |s| s.method == "PATCH") <= 10,
+        "bounded: {}",
+        proxy.log()
+    );
+    assert!(skopeo_inspect_raw(
+        dir.path(),
+        &format!("{}/oe/breaking:v1", registry.addr),
+        &plain()
+    )
+    .is_err());
 }

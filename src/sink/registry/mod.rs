@@ -317,7 +317,7 @@ impl Registry {
                     failures += 1;
                     if !f.is_transient() || failures >= self.retry.attempts() {
                         let attempts = if failures > 1 {
-                            format!(" (after {failures} attempts)")
+                            format!(" (after {failures} failed attempts)")
                         } else {
                             String::new()
                         };

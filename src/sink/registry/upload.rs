@@ -69,6 +69,8 @@ enum Outcome {
     Retry(Failure),
     /// Starting over will not help.
     Fatal(Failure),
+    /// The attempts ran out (already counted).
+    Exhausted(Failure),
 }
 
 struct Upload<'r, 'a> {
@@ -111,10 +113,17 @@ pub(crate) fn upload(
                     .map(|c| c.max(min_chunk));
                 match next {
                     Some(next) if next < refused => mode = Mode::Chunked(next),
-                    _ => break failure,
+                    _ => {
+                        up.failures += 1;
+                        break failure;
+                    }
                 }
             }
-            Outcome::Fatal(failure) => break failure,
+            Outcome::Fatal(failure) => {
+                up.failures += 1;
+                break failure;
+            }
+            Outcome::Exhausted(failure) => break failure,
             Outcome::Retry(failure) => {
                 if !up.spend_attempt(&failure) {
                     break failure;
@@ -129,7 +138,7 @@ pub(crate) fn upload(
         }
     };
     let attempts = if up.failures > 1 {
-        format!(" (after {} attempts)", up.failures)
+        format!(" (after {} failed attempts)", up.failures)
     } else {
         String::new()
     };
@@ -286,7 +295,7 @@ impl Upload<'_, '_> {
                 return Outcome::Fatal(failure);
             }
             if !self.spend_attempt(&failure) {
-                return Outcome::Fatal(failure);
+                return Outcome::Exhausted(failure);
             }
             match self.resume_point(&location) {
                 Ok(Some((next_offset, next_location))) if next_offset <= size => {
