@@ -280,7 +280,7 @@ impl Registry {
     }
 
     /// Which config file was consulted and who supplied the credentials, for a message such
-    /// as "credentials for ghcr.io from /root/.docker/config.json (credsStore …)" (under sudo
+    /// as "credentials for ghcr.io from ~/.docker/config.json (credsStore …)" (under sudo
     /// that is root's file unless `DOCKER_CONFIG` says otherwise). Never the secrets.
     pub fn login(&self) -> LoginSource {
         LoginSource {
