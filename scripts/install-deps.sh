@@ -5,10 +5,11 @@
 # scripts that build find it through toolchain.sh.
 set -euo pipefail
 
-PKGS=(docker.io skopeo umoci podman docker-registry pigz zstd tar-split busybox-static python3 openssl ca-certificates libisal-dev pkg-config gcc libc6-dev)
+PKGS=(docker.io skopeo umoci podman docker-registry pigz zstd tar-split busybox-static apache2-utils python3 openssl ca-certificates libisal-dev pkg-config gcc libc6-dev)
 
 missing=()
-for cmd in dockerd containerd runc skopeo umoci podman docker-registry pigz zstd tar-split python3 openssl gcc; do
+# htpasswd (apache2-utils) makes the bcrypt users of the registry tests' htpasswd registry.
+for cmd in dockerd containerd runc skopeo umoci podman docker-registry htpasswd pigz zstd tar-split python3 openssl gcc; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 # Absolute paths: /usr/local/bin/docker may shadow the Debian CLI. Test images copy

@@ -17,5 +17,6 @@ pub mod oci_dir;
 pub mod oci_layout;
 pub mod output;
 pub mod plan;
+pub mod registry;
 pub mod tar;
 pub mod writer;

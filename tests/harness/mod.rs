@@ -1,7 +1,13 @@
 //! Helpers shared by the integration tests: running the binary and reading archives back.
 #![allow(dead_code)]
 
+pub mod docker_config;
 pub mod engine;
+pub mod fault_proxy;
+pub mod http1;
+pub mod pki;
+pub mod registry;
+pub mod token_server;
 
 use std::collections::BTreeMap;
 use std::io::Read;
