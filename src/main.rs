@@ -7,11 +7,13 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use oci_export::cache::{self, BlobCache};
-use oci_export::cli::{Args, CacheAction, Command, LayerArgs, PushArgs, RunArgs};
+use oci_export::cli::{Args, CacheAction, Command, Compression, LayerArgs, PushArgs, RunArgs};
 use oci_export::export::plan::Requested;
+use oci_export::export::push::{self, PushRequest};
 use oci_export::export::{run, CacheChoice, ExportRequest};
 use oci_export::interrupt;
 use oci_export::sink::output::refuse_inside;
+use oci_export::sink::registry::ClientOptions;
 use oci_export::source::overlay2::default_data_root;
 
 fn main() -> ExitCode {
@@ -57,8 +59,34 @@ fn export(args: Args) -> Result<()> {
     })
 }
 
-fn push_command(_args: Box<PushArgs>) -> Result<()> {
-    anyhow::bail!("push: not implemented yet")
+fn push_command(args: Box<PushArgs>) -> Result<()> {
+    let jobs = args.run.jobs();
+    // As `docker push`: gzip layers unless asked otherwise (stored blobs already compressed
+    // stay as they are).
+    let layers = args.layers.requested(jobs, Some(Compression::Gzip))?;
+    let mut registry = ClientOptions {
+        insecure: args.insecure,
+        ..ClientOptions::default()
+    };
+    if !args.certs_dir.is_empty() {
+        registry.certs_dirs = args.certs_dir.clone();
+    }
+    let pushed = push::run(&PushRequest {
+        image: args.image,
+        destination: args.destination,
+        source: args.source.options(),
+        io_mode: args.run.io_mode,
+        jobs,
+        show_progress: show_progress(&args.run),
+        quiet: args.run.quiet,
+        regenerate_missing: args.source.regenerate_missing,
+        cache: cache_choice(&args.layers, &layers),
+        layers,
+        registry,
+    })?;
+    // The one line on stdout, as crane prints it: what a script needs to pin the image.
+    println!("{pushed}");
+    Ok(())
 }
 
 /// Progress goes to stderr only when it is a terminal, and never with `-q`.

@@ -10,6 +10,7 @@ mod blob_store;
 mod layers;
 mod made;
 pub mod plan;
+pub mod push;
 mod set;
 
 use std::collections::HashMap;
@@ -117,7 +118,7 @@ pub fn layer_label(layer: &Layer) -> String {
 }
 
 /// The images' names (or IDs) for a progress title and a summary.
-fn image_names(images: &[Image]) -> String {
+pub fn image_names(images: &[Image]) -> String {
     let names: Vec<String> = images
         .iter()
         .map(|i| match i.tags.first() {

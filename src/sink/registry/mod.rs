@@ -445,6 +445,32 @@ impl Repository<'_> {
     /// `media_type`, and returns its digest (the SHA-256 of `body`, which the registry's
     /// `Docker-Content-Digest` must confirm when it sends one). Push it only after every blob
     /// it references is confirmed.
+    /// Whether a blob the repository holds is gzip or zstd, from its first bytes (a ranged
+    /// `GET`): for blobs known only by digest (Docker's v2metadata records no media type), so
+    /// that a manifest never names a zstd blob gzip. `None` when it is neither, or the registry
+    /// cannot say (that blob is then simply not reused).
+    pub fn blob_format(&self, digest: &Digest) -> Result<Option<crate::model::BlobCompression>> {
+        use crate::model::BlobCompression;
+        let response = self.send(Request {
+            method: "GET",
+            target: self.target(&format!("/blobs/{digest}")),
+            headers: vec![("range", "bytes=0-3".to_string())],
+            body: Body::Empty,
+            scopes: &self.scopes,
+        });
+        let Ok(response) = response else {
+            return Ok(None);
+        };
+        if !response.is_success() {
+            return Ok(None);
+        }
+        Ok(match response.body.get(..4) {
+            Some([0x1f, 0x8b, _, _]) => Some(BlobCompression::Gzip),
+            Some([0x28, 0xb5, 0x2f, 0xfd]) => Some(BlobCompression::Zstd),
+            _ => None,
+        })
+    }
+
     pub fn put_manifest(&self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest> {
         let digest = Digest::of(body);
         let response = self.registry.retrying(
