@@ -11,6 +11,7 @@ import json
 import shlex
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -147,13 +148,16 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--compress", action="append", default=[],
                     help="also benchmark compressed exports of this image")
+    ap.add_argument("--push", action="append", default=[],
+                    help="also benchmark pushes of this image to a loopback registry")
     ap.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", ""))
     ap.add_argument("images", nargs="*")
     args = ap.parse_args()
     if args.render:
         with open(args.render) as f:
             saved = json.load(f)
-        write_outputs(args.out, saved["cores"], saved["results"], saved["compressed"])
+        write_outputs(args.out, saved["cores"], saved["results"], saved["compressed"],
+                      saved.get("pushed", []))
         return
     if not (args.binary and args.data_root and args.scratch and args.images):
         ap.error("measuring needs --binary, --data-root, --scratch and images")
@@ -201,25 +205,29 @@ def main():
         results.append(r)
         print(json.dumps(r), file=sys.stderr)
 
-    compressed = [compress_bench(args, oe, image, {r["image"]: r for r in results}[image], cores)
-                  for image in args.compress]
+    facts = {r["image"]: r for r in results}
+    compressed = [compress_bench(args, oe, image, facts[image], cores) for image in args.compress]
+    pushed = [push_bench(args, args.binary, args.data_root, image, facts[image])
+              for image in args.push]
 
-    write_outputs(args.out, cores, results, compressed)
+    write_outputs(args.out, cores, results, compressed, pushed)
 
 
-def write_outputs(out, cores, results, compressed):
+def write_outputs(out, cores, results, compressed, pushed):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"cores": cores, "results": results, "compressed": compressed}, f, indent=1)
+        json.dump({"cores": cores, "results": results, "compressed": compressed,
+                   "pushed": pushed}, f, indent=1)
+    text = markdown(results, cores)
+    if compressed:
+        text += "\n" + compress_markdown(compressed, cores)
+    if pushed:
+        text += "\n" + push_markdown(pushed, cores)
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(markdown(results, cores))
-        if compressed:
-            f.write("\n" + compress_markdown(compressed, cores))
+        f.write(text)
     with open(os.path.join(out, "throughput.svg"), "w") as f:
         f.write(svg(results))
-    print(markdown(results, cores))
-    if compressed:
-        print(compress_markdown(compressed, cores))
+    print(text)
 
 
 def shell(script):
@@ -270,6 +278,130 @@ def compress_bench(args, oe, image, facts, cores):
     run("igzip_alone", shell(f"igzip -1 -c {layers_file} > /dev/null"), remove(layers_file))
     print(json.dumps(r), file=sys.stderr)
     return r
+
+
+class Registry:
+    """Debian's docker-registry on loopback, emptied (stopped, storage removed, restarted)
+    before every push so that each route uploads everything."""
+
+    def __init__(self, scratch):
+        self.dir = os.path.join(scratch, "registry")
+        self.port = free_port()
+        self.proc = None
+
+    @property
+    def host(self):
+        return f"127.0.0.1:{self.port}"
+
+    def empty(self):
+        self.stop()
+        subprocess.run(["rm", "-rf", self.dir], check=True)
+        os.makedirs(self.dir)
+        config = os.path.join(self.dir, "config.yml")
+        with open(config, "w") as f:
+            f.write(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {self.dir}/data\n"
+                    f"http:\n  addr: {self.host}\nlog:\n  level: error\n")
+        self.proc = subprocess.Popen(["docker-registry", "serve", config],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        sys.exit("bench: the registry did not start")
+
+    def stored_bytes(self):
+        total = 0
+        for d, _, fs in os.walk(os.path.join(self.dir, "data")):
+            total += sum(os.path.getsize(os.path.join(d, f)) for f in fs)
+        return total
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def push_bench(args, oe_binary, data_root, image, facts):
+    """Pushes to an emptied loopback registry by every route users take, one run each, the
+    same image; then the re-pushes, which find everything there."""
+    print(f"bench: push {image}", file=sys.stderr)
+    registry = Registry(args.scratch)
+    archive = os.path.join(args.scratch, "push.tar")
+    cache = os.path.join(args.scratch, "push-cache")
+    oe = [oe_binary, "--data-root", data_root]
+    r = {"image": image, "bytes": facts["bytes"]}
+    name = image.split(":")[0].replace("/", "-")
+
+    def dest(route):
+        return f"{registry.host}/{name}/{route}:1"
+
+    def run(key, cmd, empty=True):
+        if empty:
+            registry.empty()
+        wall, rss = timed(cmd)
+        r[key], r[key + "_rss"] = wall, rss
+        r[key + "_stored"] = registry.stored_bytes()
+
+    subprocess.run([DOCKER, "tag", image, dest("docker")], check=True)
+    run("docker_push", [DOCKER, "push", "-q", dest("docker")])
+    run("docker_repush", [DOCKER, "push", "-q", dest("docker")], empty=False)
+    run("skopeo_push", ["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+                        "--src-daemon-host", args.docker_host, f"docker-daemon:{image}",
+                        f"docker://{dest('skopeo')}"])
+    run("archive_skopeo_push", shell(
+        f"{shlex.join(oe + ['--quiet', image, '-o', archive])} && skopeo copy --quiet "
+        f"--dest-tls-verify=false docker-archive:{archive} docker://{dest('archive')}"))
+    os.remove(archive)
+    subprocess.run(["rm", "-rf", cache], check=True)
+    run("oe_push", oe + ["push", "--quiet", "--cache-dir", cache, image, dest("oe")])
+    run("oe_repush", oe + ["push", "--quiet", "--cache-dir", cache, image, dest("oe")], empty=False)
+    subprocess.run(["rm", "-rf", cache], check=True)
+    run("oe_push_nocache", oe + ["push", "--quiet", "--no-cache", image, dest("oe")])
+    run("oe_push_zstd", oe + ["push", "--quiet", "--no-cache", "-c", "zstd", image, dest("oe-zstd")])
+    subprocess.run([DOCKER, "rmi", dest("docker")], check=True, stdout=subprocess.DEVNULL)
+    registry.stop()
+    subprocess.run(["rm", "-rf", registry.dir], check=True)
+    print(json.dumps(r), file=sys.stderr)
+    return r
+
+
+def push_markdown(rows, cores):
+    lines = [
+        f"Push to an emptied Debian docker-registry on loopback (same machine, {cores} cores), one "
+        "run each. MB/s of uncompressed image; \"stored\" is what the registry holds after the "
+        "push, in MB; re-pushes find every blob already there.",
+        "",
+        "| image | route | seconds | MB/s | stored | peak RSS | speed-up vs `docker push` |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mb = r["bytes"] / 1e6
+        def row(label, key, base="docker_push"):
+            t = r[key]
+            speed = f"**{r[base] / t:.1f}×**" if base and key != base else ""
+            lines.append(f"| {r['image']} | {label} | {t:.2f} | {mb / t:.0f} "
+                         f"| {r[key + '_stored'] / 1e6:.0f} | {r[key + '_rss'] / 2**20:.0f} MiB | {speed} |")
+        row("`docker push`", "docker_push")
+        row("`skopeo copy docker-daemon: docker://`", "skopeo_push")
+        row("`oci-export -o a.tar && skopeo copy docker-archive:a.tar docker://`", "archive_skopeo_push")
+        row("oci-export push (gzip, cache cold)", "oe_push")
+        row("oci-export push (gzip, `--no-cache`)", "oe_push_nocache")
+        row("oci-export push `-c zstd`", "oe_push_zstd")
+        row("`docker push` again (re-push)", "docker_repush", base=None)
+        row("oci-export push again (re-push, cache warm)", "oe_repush", base="docker_repush")
+    return "\n".join(lines) + "\n"
 
 
 def output_size(out_file, layout):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark: oci-export against `docker save` and against the SHA-256 floor, side by side on
-# the same images in one run. Run as root (private dockerd, dropping the page cache).
+# The benchmark: oci-export against `docker save`, `docker push` and skopeo, and against the
+# SHA-256 floor, side by side on the same images in one run. Run as root (private dockerd, dropping the page cache).
 #
 #   sudo scripts/bench.sh                 # full run (~10 GB of scratch space, about 19 minutes)
 #   sudo OE_BENCH_SCALE=small scripts/bench.sh   # a quick smoke run on small images
@@ -82,4 +82,5 @@ python3 "$root/scripts/bench.py" \
 	--scratch "$scratch" \
 	--out "$root/benches" \
 	--compress bench/rootfs:1 --compress bench/manyfiles:1 --compress bench/layered:1 \
+	--push bench/rootfs:1 --push bench/bigfiles:1 --push bench/layered:1 \
 	bench/rootfs:1 bench/manyfiles:1 bench/bigfiles:1 bench/layered:1
