@@ -5,6 +5,7 @@
 //! is implemented; containerd's content store and containers-storage (podman, CRI-O) fit the same
 //! trait: the first yields blobs, the second tar-split + diff directories like Docker.
 
+pub mod containerd;
 pub mod overlay2;
 
 use anyhow::Result;
