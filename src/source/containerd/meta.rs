@@ -256,6 +256,11 @@ impl MetaDb {
         self.schema_version
     }
 
+    /// The bbolt snapshot underneath, for what this type does not decode (leases, containers).
+    pub fn bolt_snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
     pub fn txid(&self) -> u64 {
         self.snapshot.txid()
     }

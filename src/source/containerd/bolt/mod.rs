@@ -525,10 +525,13 @@ impl<'s> Bucket<'s> {
         };
         match self.root {
             Root::Inline(_) => {
-                let Node::Leaf(elements) = self.root_node()? else {
-                    unreachable!("root_node refuses an inline branch page")
+                return match self.root_node()? {
+                    Node::Leaf(elements) => visit_leaf(&elements, None, None, &mut f),
+                    // `root_node` refuses this already; kept as an error, never a panic.
+                    Node::Branch(_) => Err(BoltError::Damaged(
+                        "an inline bucket with a branch page".into(),
+                    )),
                 };
-                return visit_leaf(&elements, None, None, &mut f);
             }
             Root::Page(id) => stack.push(Pending {
                 page: id,

@@ -284,8 +284,11 @@ pub fn build_two(old: &Entries, new: &Entries, layout: Layout) -> Built {
 
 /// A database whose top-level tree is `depth` branch pages stacked on one leaf, each with a
 /// single child: legal for no real bbolt, and deeper than any.
-pub fn branch_chain(depth: usize) -> Vec<u8> {
-    let layout = Layout::default();
+pub fn branch_chain(depth: usize, page_size: u32) -> Vec<u8> {
+    let layout = Layout {
+        page_size,
+        ..Layout::default()
+    };
     let mut w = Writer::new(layout);
     let mut child = w.put_page(leaf_page(&[(b"k".to_vec(), b"v".to_vec(), 0)]));
     for _ in 0..depth {

@@ -467,10 +467,10 @@ fn absurd_depths_are_refused() {
     assert!(err.contains("nested deeper than"), "{err}");
 
     // A tree of branch pages deeper than any real one.
-    let snap = Snapshot::from_bytes(testfile::branch_chain(MAX_TREE_DEPTH)).unwrap();
+    let snap = Snapshot::from_bytes(testfile::branch_chain(MAX_TREE_DEPTH, 4096)).unwrap();
     assert_eq!(snap.root().get(b"k").unwrap(), Some(&b"v"[..]));
     assert_eq!(snap.root().keys().unwrap(), vec![&b"k"[..]]);
-    let snap = Snapshot::from_bytes(testfile::branch_chain(MAX_TREE_DEPTH + 1)).unwrap();
+    let snap = Snapshot::from_bytes(testfile::branch_chain(MAX_TREE_DEPTH + 1, 4096)).unwrap();
     for err in [
         snap.root().get(b"k").unwrap_err(),
         snap.root().keys().unwrap_err(),
@@ -689,4 +689,88 @@ fn real_containerd_files_read_completely() {
         assert_eq!(snap.meta().freelist, None);
         assert_eq!(read_all(&snap.root()).unwrap(), all);
     }
+}
+
+/// Writes the generated part of the `bolt_reader` fuzz seed corpus (the real databases are
+/// copied in beside them): `cargo test --lib write_bolt_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore = "writes fuzz/corpus/bolt_reader; run by hand when the seeds need remaking"]
+fn write_bolt_fuzz_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bolt_reader");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+    let small = Layout {
+        page_size: 1024,
+        leaf_max: 3,
+        branch_max: 3,
+        ..Layout::default()
+    };
+    let mut rng = Rng(0x5eed);
+    let model = random_tree(&mut rng, 2, 1024);
+    write("gen-branchy-inline", &testfile::build(&model, small).bytes);
+    let no_inline = Layout {
+        inline: false,
+        freelist: true,
+        ..small
+    };
+    write(
+        "gen-branchy-freelist",
+        &testfile::build(&model, no_inline).bytes,
+    );
+    let containerd_like = entries([(
+        b"v1",
+        bucket([
+            (b"version", value(&[6])),
+            (
+                b"moby",
+                bucket([
+                    (
+                        b"images",
+                        bucket([(
+                            b"docker.io/library/a:1",
+                            bucket([(
+                                b"target",
+                                bucket([
+                                    (b"digest", value(b"sha256:00")),
+                                    (b"size", value(&[0x80, 0x01])),
+                                ]),
+                            )]),
+                        )]),
+                    ),
+                    (b"content", bucket([(b"blob", bucket([]))])),
+                ]),
+            ),
+        ]),
+    )]);
+    write(
+        "gen-containerd-shape",
+        &testfile::build(&containerd_like, small).bytes,
+    );
+    let (_, _, two) = two_versions();
+    let mut newer_bad = two.bytes.clone();
+    damage_meta_checksum(&mut newer_bad, 1);
+    write("gen-newer-meta-bad", &newer_bad);
+    write(
+        "gen-branch-chain",
+        &testfile::branch_chain(MAX_TREE_DEPTH + 1, 1024),
+    );
+    let (_, bytes, root_at) = branchy();
+    let mut cycle = bytes.clone();
+    let root_id = (root_at / 4096) as u64;
+    cycle[child_field(root_at, 2)..child_field(root_at, 2) + 8]
+        .copy_from_slice(&root_id.to_le_bytes());
+    write("gen-branch-cycle", &cycle);
+    let real_meta = real("meta.db");
+    write("real-meta.db-truncated", &real_meta[..real_meta.len() / 2]);
+    let mut no_freelist = real_meta;
+    for index in 0..2 {
+        testfile::set_meta_u64(
+            &mut no_freelist,
+            index,
+            4096,
+            testfile::META_FREELIST,
+            u64::MAX,
+        );
+    }
+    write("real-meta.db-no-freelist", &no_freelist);
 }
