@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: running the binary and reading archives back.
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod engine;
 
 use std::collections::BTreeMap;
