@@ -139,6 +139,10 @@ fn meta_db_says_what_ctr_says() {
         let record = sdb.snapshot(&s.name).unwrap().unwrap();
         assert_eq!(record.kind, SnapshotKind::Committed, "{}", s.key);
         assert!(sdb.fs_dir(record.id).is_dir(), "{}", s.key);
+        assert_eq!(
+            sdb.committed_fs_dir(&s.name).unwrap(),
+            Some(sdb.fs_dir(record.id))
+        );
         assert!(s.name.starts_with("moby/") && s.name.ends_with(&format!("/{}", s.key)));
         // The snapshotter's parent is the parent's snapshotter name.
         let parent_name = s.parent.as_ref().map(|p| {

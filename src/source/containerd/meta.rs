@@ -503,6 +503,18 @@ impl SnapshotterDb {
         self.root.join("snapshots").join(id.to_string()).join("fs")
     }
 
+    /// The files of the committed snapshot the snapshotter calls `name` (a layer unpacked on
+    /// top of its parents; [`SnapshotRecord::name`] gives the name from meta.db's key). `None`
+    /// when there is no such snapshot or it is not committed (an active or view snapshot is a
+    /// container's or a mount's, still changing). The two databases are read at different
+    /// moments: check that the directory exists when it is used.
+    pub fn committed_fs_dir(&self, name: &str) -> Result<Option<PathBuf>> {
+        Ok(self
+            .snapshot(name)?
+            .filter(|r| r.kind == SnapshotKind::Committed)
+            .map(|r| self.fs_dir(r.id)))
+    }
+
     fn context(&self, what: String) -> String {
         format!("{}: {what}", self.root.join("metadata.db").display())
     }
@@ -810,6 +822,11 @@ mod tests {
         assert_eq!(record.parent.as_deref(), Some(lower.name.as_str()));
         assert_eq!((record.inodes, record.size), (Some(5), Some(16384)));
         assert_eq!(sdb.fs_dir(record.id), root.join("snapshots/2/fs"));
+        assert_eq!(
+            sdb.committed_fs_dir(&upper.name).unwrap(),
+            Some(root.join("snapshots/2/fs"))
+        );
+        assert_eq!(sdb.committed_fs_dir(&upper.key).unwrap(), None);
         // Every namespace snapshot has its snapshotter record.
         for s in &snaps {
             assert!(sdb.snapshot(&s.name).unwrap().is_some(), "{}", s.name);

@@ -126,6 +126,8 @@ fn nested_paths_values_and_buckets() {
         };
         let snap = Snapshot::from_bytes(testfile::build(&model, layout).bytes).unwrap();
         let images = snap.bucket(&[b"v1", b"moby", b"images"]).unwrap().unwrap();
+        // A small bucket without sub-buckets is stored in its parent's value when inlining.
+        assert_eq!(matches!(images.root, Root::Inline(_)), inline);
         assert_eq!(images.keys().unwrap(), vec![&b"docker.io/library/a:1"[..]]);
         assert_eq!(
             images.get(b"docker.io/library/a:1").unwrap(),
@@ -140,6 +142,19 @@ fn nested_paths_values_and_buckets() {
         assert!(snap.bucket(&[b"v2"]).unwrap().is_none());
         assert!(snap.bucket(&[b"v1", b"moby", b"nope"]).unwrap().is_none());
     }
+}
+
+#[test]
+fn values_larger_than_a_page_span_overflow_pages() {
+    let big: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+    let model = entries([(b"a", value(b"small")), (b"big", Tree::Value(big.clone()))]);
+    let built = testfile::build(&model, Layout::default());
+    let root_at = built.root as usize * 4096;
+    let overflow = u32::from_le_bytes(built.bytes[root_at + 12..root_at + 16].try_into().unwrap());
+    assert_eq!(overflow, 3, "the leaf spans four pages");
+    let snap = Snapshot::from_bytes(built.bytes).unwrap();
+    assert_eq!(snap.root().get(b"big").unwrap(), Some(&big[..]));
+    assert_eq!(read_all(&snap.root()).unwrap(), model);
 }
 
 /// Two versions of a small tree: the newer meta points at `new`.
@@ -691,14 +706,9 @@ fn real_containerd_files_read_completely() {
     }
 }
 
-/// Writes the generated part of the `bolt_reader` fuzz seed corpus (the real databases are
-/// copied in beside them): `cargo test --lib write_bolt_fuzz_seeds -- --ignored`.
-#[test]
-#[ignore = "writes fuzz/corpus/bolt_reader; run by hand when the seeds need remaking"]
-fn write_bolt_fuzz_seeds() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bolt_reader");
-    std::fs::create_dir_all(&dir).unwrap();
-    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+/// The generated part of the `bolt_reader` fuzz seed corpus (the real databases are copied in
+/// beside them), by file name.
+fn bolt_fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let small = Layout {
         page_size: 1024,
         leaf_max: 3,
@@ -707,16 +717,11 @@ fn write_bolt_fuzz_seeds() {
     };
     let mut rng = Rng(0x5eed);
     let model = random_tree(&mut rng, 2, 1024);
-    write("gen-branchy-inline", &testfile::build(&model, small).bytes);
     let no_inline = Layout {
         inline: false,
         freelist: true,
         ..small
     };
-    write(
-        "gen-branchy-freelist",
-        &testfile::build(&model, no_inline).bytes,
-    );
     let containerd_like = entries([(
         b"v1",
         bucket([
@@ -742,26 +747,15 @@ fn write_bolt_fuzz_seeds() {
             ),
         ]),
     )]);
-    write(
-        "gen-containerd-shape",
-        &testfile::build(&containerd_like, small).bytes,
-    );
     let (_, _, two) = two_versions();
-    let mut newer_bad = two.bytes.clone();
+    let mut newer_bad = two.bytes;
     damage_meta_checksum(&mut newer_bad, 1);
-    write("gen-newer-meta-bad", &newer_bad);
-    write(
-        "gen-branch-chain",
-        &testfile::branch_chain(MAX_TREE_DEPTH + 1, 1024),
-    );
-    let (_, bytes, root_at) = branchy();
-    let mut cycle = bytes.clone();
+    let (_, mut cycle, root_at) = branchy();
     let root_id = (root_at / 4096) as u64;
     cycle[child_field(root_at, 2)..child_field(root_at, 2) + 8]
         .copy_from_slice(&root_id.to_le_bytes());
-    write("gen-branch-cycle", &cycle);
     let real_meta = real("meta.db");
-    write("real-meta.db-truncated", &real_meta[..real_meta.len() / 2]);
+    let truncated = real_meta[..real_meta.len() / 2].to_vec();
     let mut no_freelist = real_meta;
     for index in 0..2 {
         testfile::set_meta_u64(
@@ -772,5 +766,51 @@ fn write_bolt_fuzz_seeds() {
             u64::MAX,
         );
     }
-    write("real-meta.db-no-freelist", &no_freelist);
+    vec![
+        ("gen-branchy-inline", testfile::build(&model, small).bytes),
+        (
+            "gen-branchy-freelist",
+            testfile::build(&model, no_inline).bytes,
+        ),
+        (
+            "gen-containerd-shape",
+            testfile::build(&containerd_like, small).bytes,
+        ),
+        ("gen-newer-meta-bad", newer_bad),
+        (
+            "gen-branch-chain",
+            testfile::branch_chain(MAX_TREE_DEPTH + 1, 1024),
+        ),
+        ("gen-branch-cycle", cycle),
+        ("real-meta.db-truncated", truncated),
+        ("real-meta.db-no-freelist", no_freelist),
+    ]
+}
+
+/// The committed seeds are what the writer makes today, so a change to it cannot leave the
+/// corpus testing shapes it no longer writes. `OE_WRITE_FUZZ_SEEDS=1 cargo test --lib
+/// committed_bolt_fuzz_seeds` rewrites them.
+#[test]
+fn committed_bolt_fuzz_seeds_are_current() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bolt_reader");
+    let write = std::env::var_os("OE_WRITE_FUZZ_SEEDS").is_some();
+    for (name, bytes) in bolt_fuzz_seeds() {
+        let path = dir.join(name);
+        if write {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            committed == bytes,
+            "{name} is stale: rewrite the seeds (see this test's doc)"
+        );
+    }
+    // The real databases are seeds too, as committed under tests/data.
+    for name in ["meta.db", "overlayfs-metadata.db"] {
+        let seed = std::fs::read(dir.join(format!("real-{name}"))).unwrap();
+        assert!(
+            seed == real(name),
+            "real-{name} differs from tests/data/containerd/{name}"
+        );
+    }
 }
