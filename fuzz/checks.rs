@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::io::Write;
 
 use oci_export::reference::Reference;
+use oci_export::source::containerd::bolt::{Bucket, Item, Snapshot};
 use oci_export::tarsplit::{clean_path, Entry, EntrySize, TarSplitReader};
 
 /// Every entry the parser yields, and how the stream ended (`Err` carries the message).
@@ -165,4 +166,124 @@ pub fn reference(data: &[u8]) {
     let tagged = r.clone().with_default_tag();
     assert!(tagged.tag.is_some() || tagged.digest.is_some());
     let _ = (r.familiar_name(), r.full_name());
+}
+
+/// Entries a bolt check walks at most, so that one input cannot take seconds.
+const BOLT_BUDGET: usize = 20_000;
+
+/// How a bbolt input fared, for the replay test's account of what its mutations reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BoltOutcome {
+    /// Refused at the meta pages.
+    NotBolt,
+    /// Opened, and some bucket was found damaged.
+    Damaged,
+    /// Opened and walked without a fault (within the budget).
+    Clean,
+}
+
+/// Reads `data` as a bbolt file, and again with both meta checksums made right (so that
+/// mutated meta fields get past the checksum); walks everything that reads, and checks that
+/// what a walk returns is exactly what lookups find.
+pub fn bolt(data: &[u8]) {
+    bolt_outcomes(data);
+}
+
+/// [`bolt`], telling how the input fared as given and with its meta checksums fixed (`None`
+/// when fixing them changed nothing).
+pub fn bolt_outcomes(data: &[u8]) -> (BoltOutcome, Option<BoltOutcome>) {
+    let plain = bolt_once(data);
+    let fixed = with_meta_checksums_fixed(data).map(|d| bolt_once(&d));
+    (plain, fixed)
+}
+
+fn bolt_once(data: &[u8]) -> BoltOutcome {
+    let Ok(snapshot) = Snapshot::from_bytes(data.to_vec()) else {
+        return BoltOutcome::NotBolt;
+    };
+    let meta = *snapshot.meta();
+    assert!(meta.root >= 2 && meta.root < meta.high_water, "{meta:?}");
+    let mut budget = BOLT_BUDGET;
+    let clean = check_bucket(&snapshot.root(), &mut budget);
+    // Lookups by path must not panic either, found or not.
+    let _ = snapshot.bucket(&[b"v1", b"moby", b"images"]);
+    let _ = snapshot.bucket(&[b"v1", b"snapshots"]);
+    if clean {
+        BoltOutcome::Clean
+    } else {
+        BoltOutcome::Damaged
+    }
+}
+
+/// Walks `bucket` and everything under it; false if some part is damaged.
+fn check_bucket(bucket: &Bucket<'_>, budget: &mut usize) -> bool {
+    let Ok(entries) = bucket.entries() else {
+        // A damaged tree: lookups may fail too, but must not panic.
+        for key in [&b""[..], b"v1", b"version", b"\xff"] {
+            let _ = bucket.item(key);
+        }
+        return false;
+    };
+    let mut clean = true;
+    for pair in entries.windows(2) {
+        assert!(
+            pair[0].0 < pair[1].0,
+            "keys out of order after a clean walk"
+        );
+    }
+    for (i, (key, item)) in entries.iter().enumerate() {
+        if *budget == 0 {
+            return clean;
+        }
+        *budget -= 1;
+        let found = bucket
+            .item(key)
+            .unwrap_or_else(|e| panic!("a key the walk returned fails its lookup: {e}"));
+        match (item, found) {
+            (Item::Value(v), Some(Item::Value(w))) => {
+                assert_eq!(v, &w, "lookup found another value")
+            }
+            (Item::Bucket(_), Some(Item::Bucket(b))) => clean &= check_bucket(&b, budget),
+            (item, found) => panic!("walk gave {item:?}, lookup {found:?}"),
+        }
+        // The smallest key above `key` is found only if the walk listed it next.
+        let mut above = key.to_vec();
+        above.push(0);
+        let next_is_above = entries.get(i + 1).is_some_and(|(k, _)| *k == &above[..]);
+        let found_above = bucket
+            .item(&above)
+            .unwrap_or_else(|e| panic!("a lookup in a tree that walked cleanly failed: {e}"));
+        assert_eq!(
+            found_above.is_some(),
+            next_is_above,
+            "lookup found a key the walk did not"
+        );
+    }
+    clean
+}
+
+/// `data` with the FNV-1a checksums of both meta pages recomputed, at the page size meta 0
+/// claims (or 4096).
+fn with_meta_checksums_fixed(data: &[u8]) -> Option<Vec<u8>> {
+    let claimed = u32::from_le_bytes(data.get(24..28)?.try_into().ok()?) as usize;
+    let page_size = if (1024..=1 << 16).contains(&claimed) {
+        claimed
+    } else {
+        4096
+    };
+    let mut out = data.to_vec();
+    for at in [16, page_size + 16] {
+        let Some(meta) = out.get(at..at + 56) else {
+            continue;
+        };
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in meta {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        if let Some(sum) = out.get_mut(at + 56..at + 64) {
+            sum.copy_from_slice(&hash.to_le_bytes());
+        }
+    }
+    (out != data).then_some(out)
 }

@@ -241,3 +241,109 @@ fn reference_mutations() {
         );
     }
 }
+
+#[test]
+fn bolt_corpus_replays() {
+    for (name, data) in corpus("bolt_reader") {
+        run_one("bolt_reader", &name, &data, checks::bolt);
+    }
+}
+
+/// Overwrites (never shifts: page offsets must stay where they are for the damage to reach past
+/// the first page) one to four fields of a bbolt file: page headers, element arrays and meta
+/// fields more often than page bodies, with values a reader must not trust.
+fn mutate_bolt(rng: &mut Rng, data: &mut Vec<u8>, others: &[Vec<u8>]) {
+    const PAGE: usize = 4096;
+    let interesting: [u64; 12] = [
+        0,
+        1,
+        2,
+        3,
+        0x7f,
+        0xff,
+        0xffff,
+        0x1_0000,
+        0xffff_ffff,
+        u64::MAX,
+        u64::MAX - 1,
+        (data.len() / PAGE) as u64,
+    ];
+    for _ in 0..1 + rng.below(4) {
+        if data.is_empty() {
+            return;
+        }
+        // Mostly the head of a page (header, element array), where the structure is.
+        let page_start = rng.below(data.len().div_ceil(PAGE)) * PAGE;
+        let at = match rng.below(4) {
+            0 => rng.below(data.len()),
+            _ => (page_start + rng.below(16 + 16 * 8)).min(data.len() - 1),
+        };
+        match rng.below(7) {
+            0 => data[at] ^= 1 << rng.below(8),
+            1..=3 => {
+                let width = [1usize, 2, 4, 8][rng.below(4)];
+                let value =
+                    interesting[rng.below(interesting.len())].wrapping_add(rng.below(3) as u64);
+                let bytes = value.to_le_bytes();
+                let end = (at + width).min(data.len());
+                data[at..end].copy_from_slice(&bytes[..end - at]);
+            }
+            4 => {
+                let to = rng.below(data.len() + 1);
+                data.truncate(to);
+            }
+            5 => {
+                // One page copied over another (a stale page, or one reused too early).
+                let pages = data.len() / PAGE;
+                if pages >= 2 {
+                    let (from, to) = (rng.below(pages) * PAGE, rng.below(pages) * PAGE);
+                    let page = data[from..from + PAGE].to_vec();
+                    data[to..to + PAGE].copy_from_slice(&page);
+                }
+            }
+            _ => {
+                // Another file's bytes over ours from some offset (a torn read of two versions).
+                let other = &others[rng.below(others.len())];
+                let from = rng.below(data.len().min(other.len()) + 1);
+                let to = (from + PAGE * (1 + rng.below(4)))
+                    .min(data.len())
+                    .min(other.len());
+                data[from..to].copy_from_slice(&other[from..to]);
+            }
+        }
+    }
+}
+
+#[test]
+fn bolt_mutations() {
+    use checks::BoltOutcome;
+    let seeds: Vec<Vec<u8>> = corpus("bolt_reader").into_iter().map(|(_, d)| d).collect();
+    let mut rng = Rng(0xb01d_b01d_5eed);
+    let mut outcomes = std::collections::HashMap::<BoltOutcome, usize>::new();
+    for i in 0..MUTATIONS {
+        let mut data = seeds[rng.below(seeds.len())].clone();
+        mutate_bolt(&mut rng, &mut data, &seeds);
+        let result = std::panic::catch_unwind(|| checks::bolt_outcomes(&data));
+        let (plain, fixed) = match result {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // Save and report it as the other targets do.
+                run_one("bolt_reader", &format!("mutation {i}"), &data, checks::bolt);
+                unreachable!("the check panicked once and not again");
+            }
+        };
+        for outcome in std::iter::once(plain).chain(fixed) {
+            *outcomes.entry(outcome).or_default() += 1;
+        }
+    }
+    // The mutations must reach the trees, not just fail the meta checks: a mutator that only
+    // ever produced refused files would prove nothing.
+    let count = |o| outcomes.get(&o).copied().unwrap_or(0);
+    let reached = count(BoltOutcome::Damaged) + count(BoltOutcome::Clean);
+    eprintln!("bolt mutations: {outcomes:?}");
+    assert!(
+        count(BoltOutcome::Damaged) >= MUTATIONS / 10
+            && count(BoltOutcome::Clean) >= MUTATIONS / 10,
+        "too few mutations reached the trees: {outcomes:?} ({reached} opened)"
+    );
+}

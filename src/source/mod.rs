@@ -9,6 +9,7 @@
 //! image ([`auto`]).
 
 mod auto;
+pub mod containerd;
 pub mod names;
 pub mod overlay2;
 pub mod platform;

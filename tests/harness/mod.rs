@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: running the binary and reading archives back.
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod docker_config;
 pub mod engine;
 pub mod fault_proxy;
