@@ -9,6 +9,7 @@
 //! image ([`auto`]).
 
 mod auto;
+pub mod containers_storage;
 pub mod names;
 pub mod overlay2;
 pub mod platform;
@@ -94,7 +95,10 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
             options,
         ))?)),
         StoreKind::Auto => auto::open(options),
-        StoreKind::Containerd | StoreKind::ContainersStorage => {
+        StoreKind::ContainersStorage => Ok(Box::new(
+            containers_storage::ContainersStorageStore::open(options.root.as_deref())?,
+        )),
+        StoreKind::Containerd => {
             anyhow::bail!(
                 "--store {}: not supported yet",
                 options
