@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod podman;
 
 use std::collections::BTreeMap;
 use std::io::Read;
