@@ -27,7 +27,8 @@ const VENDOR_CONF: &str = "/usr/share/containers/storage.conf";
 /// What the environment says about where the store is.
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
-    /// The effective user ID: 0 means the rootful store.
+    /// The user whose store it is: 0 means the rootful store. Inside `podman unshare` (a user
+    /// namespace where we are root) this is the rootless user, as podman tells its children.
     pub uid: u32,
     pub home: Option<PathBuf>,
     pub xdg_config_home: Option<PathBuf>,
@@ -45,7 +46,10 @@ impl Environment {
     pub fn current() -> Self {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         Environment {
-            uid: nix::unistd::geteuid().as_raw(),
+            uid: store_owner(
+                std::env::var("_CONTAINERS_ROOTLESS_UID").ok().as_deref(),
+                nix::unistd::geteuid().as_raw(),
+            ),
             home: var("HOME").map(PathBuf::from),
             xdg_config_home: var("XDG_CONFIG_HOME").map(PathBuf::from),
             xdg_data_home: var("XDG_DATA_HOME").map(PathBuf::from),
@@ -60,6 +64,15 @@ impl Environment {
     fn rootless(&self) -> bool {
         self.uid != 0
     }
+}
+
+/// Whose store to read: `podman unshare` runs its command as root in a user namespace and
+/// records the real user in `_CONTAINERS_ROOTLESS_UID` (containers-storage
+/// `pkg/unshare` GetRootlessEUID), which is where that user's rootless files can be read.
+fn store_owner(rootless_uid: Option<&str>, euid: u32) -> u32 {
+    rootless_uid
+        .and_then(|uid| uid.parse().ok())
+        .unwrap_or(euid)
 }
 
 /// The store's location as configured; the driver, when not configured, is found later from
@@ -433,8 +446,8 @@ mountopt = "nodev"
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
         let env = rootless_env(&home);
-        // The user has no file and (we assume) the host has none of its own that names a
-        // rootless_storage_path: the XDG default under the home directory.
+        // CONTAINERS_STORAGE_CONF names a file that does not exist: no file is read at all
+        // (not even the host's), and the XDG default under the home directory is the root.
         let found = resolve(
             &Environment {
                 storage_conf: Some(dir.path().join("absent.conf")),
@@ -514,6 +527,15 @@ mountopt = "nodev"
         let homeless = Environment { home: None, ..env };
         let err = resolve_with(&homeless, None, &system).unwrap_err();
         assert!(err.to_string().contains("--data-root"), "{err}");
+    }
+
+    #[test]
+    fn inside_podman_unshare_the_store_is_the_rootless_users() {
+        assert_eq!(store_owner(None, 0), 0);
+        assert_eq!(store_owner(None, 1000), 1000);
+        assert_eq!(store_owner(Some("1000"), 0), 1000);
+        assert_eq!(store_owner(Some(""), 0), 0);
+        assert_eq!(store_owner(Some("x"), 1000), 1000);
     }
 
     #[test]
