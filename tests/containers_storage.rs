@@ -469,10 +469,11 @@ fn auto_looks_in_containers_storage_after_docker() {
 
 // ---- damaged stores --------------------------------------------------------------------------
 
-/// A copy of the overlay store to damage, and the layer records of one image in it.
+/// A copy of a store to damage.
 struct Copy {
     _dir: tempfile::TempDir,
     root: PathBuf,
+    driver: String,
     out: PathBuf,
 }
 
@@ -491,12 +492,17 @@ impl Copy {
         Copy {
             _dir: dir,
             root,
+            driver: store.driver.clone(),
             out,
         }
     }
 
+    fn layers_dir(&self) -> PathBuf {
+        self.root.join(format!("{}-layers", self.driver))
+    }
+
     fn layers_json(&self) -> PathBuf {
-        self.root.join("overlay-layers/layers.json")
+        self.layers_dir().join("layers.json")
     }
 
     fn layers(&self) -> Vec<serde_json::Value> {
@@ -553,12 +559,7 @@ fn a_missing_tar_split_is_refused_and_regenerated_on_request() {
     let copy = Copy::of(store);
     let expected = &store.images[BUILD];
     let top = copy.layer_id(expected.diff_ids.last().unwrap());
-    std::fs::remove_file(
-        copy.root
-            .join("overlay-layers")
-            .join(format!("{top}.tar-split.gz")),
-    )
-    .unwrap();
+    std::fs::remove_file(copy.layers_dir().join(format!("{top}.tar-split.gz"))).unwrap();
     copy.expect_failure(
         BUILD,
         &[],
@@ -606,10 +607,7 @@ fn a_missing_tar_split_is_refused_and_regenerated_on_request() {
     // out the same: a new diff_id and a new image ID.
     let gnu = "localhost/oe-cs/load-gnu:latest";
     let layer = copy.layer_id(&store.images[gnu].diff_ids[0]);
-    let tar_split = copy
-        .root
-        .join("overlay-layers")
-        .join(format!("{layer}.tar-split.gz"));
+    let tar_split = copy.layers_dir().join(format!("{layer}.tar-split.gz"));
     std::fs::remove_file(&tar_split).unwrap();
     let before = copy.fingerprint();
     ok(
@@ -628,6 +626,27 @@ fn a_missing_tar_split_is_refused_and_regenerated_on_request() {
     assert_ne!(images[0].diff_ids, store.images[gnu].diff_ids);
     assert_ne!(images[0].config_digest, store.images[gnu].id);
     assert_fingerprints_equal(&before, &copy.fingerprint());
+}
+
+#[test]
+fn a_vfs_layer_without_tar_split_cannot_be_regenerated() {
+    let Some(stores) = stores() else { return };
+    let store = &stores.vfs;
+    let copy = Copy::of(store);
+    let name = "localhost/oe-cs/build:latest";
+    let top = copy.layer_id(store.images[name].diff_ids.last().unwrap());
+    std::fs::remove_file(copy.layers_dir().join(format!("{top}.tar-split.gz"))).unwrap();
+    // Its directory is the whole root filesystem, not the layer: refused either way.
+    for extra in [&[][..], &["--regenerate-missing"][..]] {
+        copy.expect_failure(
+            name,
+            extra,
+            &[
+                &format!("containers-storage layer {top}"),
+                "a vfs layer's directory holds the whole root filesystem",
+            ],
+        );
+    }
 }
 
 #[test]

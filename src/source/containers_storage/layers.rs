@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
-use super::layout::{self, check_id, StoreDir};
+use super::layout::{self, check_id, Driver, StoreDir};
 use crate::digest::Digest;
 use crate::model::{LayerContent, Lost};
 
@@ -193,6 +193,17 @@ pub fn content(dir: &StoreDir, layer: &ChainLayer) -> Result<(LayerContent, Stri
             origin,
         ));
     }
+    if dir.driver == Driver::Vfs {
+        // The directory is the whole root filesystem as of this layer, with deleted files
+        // simply gone: walking it would give every lower layer's files and none of this
+        // layer's deletions, not this layer.
+        bail!(
+            "{origin}: it has no {}, and a vfs layer's directory holds the whole root \
+             filesystem as of that layer, not its changes, so it cannot be rebuilt (not even \
+             with --regenerate-missing)",
+            tar_split.display()
+        );
+    }
     // What containers-storage would do here is build a new tar from the files without a word
     // (layers.go Diff), which podman save then fails to verify. We say why the record is
     // missing where we can tell, and leave regenerating to --regenerate-missing.
@@ -214,7 +225,6 @@ pub fn content(dir: &StoreDir, layer: &ChainLayer) -> Result<(LayerContent, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::containers_storage::layout::Driver;
 
     fn digest(n: u8) -> Digest {
         Digest::of(&[n])
@@ -420,6 +430,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+
+        // A vfs layer without its record cannot be regenerated from its directory.
+        let vfs = StoreDir {
+            root: tmp.path().to_path_buf(),
+            driver: Driver::Vfs,
+        };
+        std::fs::create_dir_all(vfs.layer_files("abc")).unwrap();
+        let err = content(&vfs, &layer).unwrap_err().to_string();
+        assert!(err.contains("not even with --regenerate-missing"), "{err}");
+        std::fs::create_dir_all(vfs.layers_dir()).unwrap();
+        std::fs::write(vfs.tar_split("abc"), b"").unwrap();
+        assert!(matches!(
+            content(&vfs, &layer).unwrap().0,
+            LayerContent::TarSplit { .. }
+        ));
 
         let blob = dir.composefs_blob("abc").unwrap();
         std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
