@@ -875,12 +875,14 @@ fn a_store_without_lock_files_is_read_without_them() {
 }
 
 #[test]
-fn an_image_removed_mid_export_is_an_error() {
+fn podman_rmi_during_an_export_is_not_blocked_and_is_noticed() {
     let Some(stores) = stores() else { return };
     let store = &stores.overlay;
     let copy = Copy::of(store);
+    // libpod's database records the graph root it was made for; without it podman makes a
+    // new one for the copy.
+    std::fs::remove_file(copy.root.join("libpod/bolt_state.db")).unwrap();
     let name = "localhost/oe-cs/load-bigfile:latest";
-    let expected = &store.images[name];
     let mut export = binary()
         .env("CONTAINERS_STORAGE_CONF", "/nonexistent")
         .args(["--store", "containers-storage", "--data-root"])
@@ -890,21 +892,58 @@ fn an_image_removed_mid_export_is_an_error() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The export is under way, blocked on a pipe nobody reads yet.
     let mut stdout = export.stdout.take().unwrap();
     let mut first = vec![0u8; 512];
     stdout.read_exact(&mut first).unwrap();
-    // What `podman rmi` does, under the write locks: the image and its layer leave the JSON
-    // files, then the files go.
-    let writer = Writer::lock(&lock_files(&copy.root), true).unwrap();
-    let images_json = copy.root.join("overlay-images/images.json");
-    let mut images: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(&images_json).unwrap()).unwrap();
-    images.retain(|i| i["id"] != expected.id.hex());
-    std::fs::write(&images_json, serde_json::to_vec(&images).unwrap()).unwrap();
-    let layer = copy.layer_id(&expected.diff_ids[0]);
-    copy.edit_layers(|layers| layers.retain(|l| l["id"] != layer.as_str()));
-    std::fs::remove_dir_all(copy.root.join("overlay").join(&layer)).unwrap();
-    writer.release();
+
+    // podman itself removes the image meanwhile: it must not wait for the export (which
+    // cannot end before its pipe is read, so a lock held would never be released).
+    let parent = copy.root.parent().unwrap();
+    let conf = parent.join("rmi-storage.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = {:?}\nrunroot = {:?}\n",
+            copy.root.to_str().unwrap(),
+            parent.join("run").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut rmi = Command::new("podman")
+        .env("CONTAINERS_STORAGE_CONF", &conf)
+        .arg("--root")
+        .arg(&copy.root)
+        .arg("--runroot")
+        .arg(parent.join("run"))
+        .args([
+            "--storage-driver",
+            "overlay",
+            "--events-backend",
+            "none",
+            "--cgroup-manager",
+            "cgroupfs",
+            "rmi",
+            name,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = rmi.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = rmi.kill();
+            let _ = export.kill();
+            panic!("podman rmi waited for the export: a lock was held");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "podman rmi failed");
+
     let mut rest = Vec::new();
     stdout.read_to_end(&mut rest).unwrap();
     let out = export.wait_with_output().unwrap();
@@ -913,5 +952,8 @@ fn an_image_removed_mid_export_is_an_error() {
         "an export of a removed image succeeded"
     );
     let err = stderr(&out);
-    assert!(err.contains("changed during the export"), "{err}");
+    assert!(
+        err.contains("the image store changed during the export: no such image"),
+        "{err}"
+    );
 }
