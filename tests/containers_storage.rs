@@ -741,6 +741,45 @@ fn a_chain_that_does_not_match_the_config_is_refused() {
     copy.expect_failure(BUILD, &[], &["hashes to", "the store is damaged"]);
 }
 
+#[test]
+fn an_image_whose_id_is_not_its_config_digest_is_exported_under_the_digest() {
+    // Images with layers pulled partially (zstd:chunked, eStargz) get an ID of their own in
+    // containers-storage; here one image is given another ID, as such a pull would.
+    let Some(stores) = stores() else { return };
+    let store = &stores.overlay;
+    let copy = Copy::of(store);
+    let name = "localhost/oe-cs/load-gnu:latest";
+    let expected = &store.images[name];
+    let own_id = Digest::of(b"an ID of its own").hex();
+    let images_dir = copy.root.join("overlay-images");
+    std::fs::rename(images_dir.join(expected.id.hex()), images_dir.join(&own_id)).unwrap();
+    let images_json = images_dir.join("images.json");
+    let text = std::fs::read_to_string(&images_json).unwrap().replace(
+        &format!("\"{}\"", expected.id.hex()),
+        &format!("\"{own_id}\""),
+    );
+    std::fs::write(&images_json, text).unwrap();
+
+    let before = copy.fingerprint();
+    for input in [own_id.as_str(), name] {
+        let out = ok(
+            cs(&copy.root, &["-o", copy.out.to_str().unwrap(), input]),
+            "exporting an image with an ID of its own",
+        );
+        assert!(
+            stderr(&out).contains(&format!(
+                "image {own_id} in the store is exported under its config digest, {}",
+                expected.id
+            )),
+            "{}",
+            stderr(&out)
+        );
+        let images = verify_docker_archive(&read_archive(&std::fs::read(&copy.out).unwrap()));
+        check_exported(store, name, &images[0]);
+    }
+    assert_fingerprints_equal(&before, &copy.fingerprint());
+}
+
 // ---- locks -----------------------------------------------------------------------------------
 
 /// A process holding a POSIX write lock on each of `files`, as podman does while it writes,
