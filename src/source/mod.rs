@@ -62,7 +62,8 @@ impl NotFound {
 /// Which store to read (`--store`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
-    /// The store Docker uses: its overlay2 store where that holds the image, else containerd's.
+    /// The store Docker uses: its overlay2 store where that holds the image, else containerd's;
+    /// then podman's default containers-storage store.
     Auto,
     /// Docker's overlay2 graphdriver store (`--data-root`: Docker's data root).
     Overlay2,
