@@ -5,6 +5,10 @@
 //! podman beside Docker. So `auto` opens every store that exists here and looks each name up in
 //! them in that order: overlay2, containerd, containers-storage. The first that holds the name
 //! serves it; a name in none of them is one error naming every store looked in.
+//!
+//! containers-storage comes last, and only where its default graph root (as podman would find
+//! it: storage.conf, else `/var/lib/containers/storage` or the rootless one) holds a store:
+//! `--data-root` with `auto` is Docker's data root, and a Docker user's names are Docker's.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +16,7 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, Result};
 
+use super::containers_storage::ContainersStorageStore;
 use super::{data_root, overlay2, ImageStore, NotFound, SourceOptions};
 use crate::model::Image;
 
@@ -24,6 +29,13 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
     if overlay2::Overlay2Store::present(&docker_root) {
         stores.push(Box::new(overlay2::Overlay2Store::open(&docker_root)?));
     }
+    match containers_storage() {
+        None => {}
+        Some(Ok(store)) => stores.push(Box::new(store)),
+        // The only store here: its own error is the one to see.
+        Some(Err(unreadable)) if stores.is_empty() => return Err(unreadable.error),
+        Some(Err(unreadable)) => stores.push(Box::new(unreadable)),
+    }
     match stores.len() {
         0 => Ok(Box::new(overlay2::Overlay2Store::open(&docker_root)?)),
         1 => Ok(stores.pop().expect("one store")),
@@ -31,6 +43,51 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
             stores,
             chosen: Mutex::new(HashMap::new()),
         })),
+    }
+}
+
+/// podman's store, where its default graph root holds one. One that cannot be opened (not
+/// root, a broken storage.conf) must not stop exports from Docker's stores: its error is the
+/// answer only for names no other store holds.
+fn containers_storage() -> Option<Result<ContainersStorageStore, Unreadable>> {
+    let graph_root = ContainersStorageStore::default_graph_root().ok()?;
+    if !ContainersStorageStore::present(&graph_root) {
+        return None;
+    }
+    Some(
+        ContainersStorageStore::open(None).map_err(|error| Unreadable {
+            description: format!("containers-storage in {}", graph_root.display()),
+            root: graph_root,
+            error,
+        }),
+    )
+}
+
+/// A store that exists but cannot be read.
+struct Unreadable {
+    description: String,
+    root: PathBuf,
+    error: anyhow::Error,
+}
+
+impl ImageStore for Unreadable {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        vec![self.root.clone()]
+    }
+
+    fn lookup(&self, _input: &str) -> Result<Vec<Image>> {
+        Err(NotFound::error(format!("cannot be read: {:#}", self.error)))
+    }
+
+    fn confirm_unchanged(&self, input: &str, _image: &Image) -> Result<()> {
+        Err(anyhow!(
+            "internal error: {input} cannot come from {}",
+            self.description
+        ))
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod auto;
 pub mod containerd;
+pub mod containers_storage;
 pub mod names;
 pub mod overlay2;
 pub mod platform;
@@ -62,7 +63,8 @@ impl NotFound {
 /// Which store to read (`--store`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
-    /// The store Docker uses: its overlay2 store where that holds the image, else containerd's.
+    /// The store Docker uses: its overlay2 store where that holds the image, else containerd's;
+    /// then podman's default containers-storage store.
     Auto,
     /// Docker's overlay2 graphdriver store (`--data-root`: Docker's data root).
     Overlay2,
@@ -95,7 +97,10 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
             options,
         ))?)),
         StoreKind::Auto => auto::open(options),
-        StoreKind::Containerd | StoreKind::ContainersStorage => {
+        StoreKind::ContainersStorage => Ok(Box::new(
+            containers_storage::ContainersStorageStore::open(options.root.as_deref())?,
+        )),
+        StoreKind::Containerd => {
             anyhow::bail!(
                 "--store {}: not supported yet",
                 options

@@ -9,6 +9,7 @@ pub mod http1;
 pub mod pki;
 pub mod registry;
 pub mod token_server;
+pub mod podman;
 
 use std::collections::BTreeMap;
 use std::io::Read;
