@@ -57,7 +57,8 @@ fn export(args: Args) -> Result<()> {
         Compression::Gzip | Compression::Zstd => {
             let algorithm = match (args.compression, args.gzip_encoder) {
                 (Compression::Zstd, _) => Algorithm::Zstd,
-                (_, None | Some(GzipEncoder::Zlib)) => Algorithm::Gzip,
+                (_, None | Some(GzipEncoder::Sirocco)) => Algorithm::GzipSirocco,
+                (_, Some(GzipEncoder::Zlib)) => Algorithm::Gzip,
                 (_, Some(GzipEncoder::Isal)) => Algorithm::GzipIsal,
             };
             let mut settings = Settings::new(algorithm);

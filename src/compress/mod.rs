@@ -10,7 +10,8 @@
 //! into `write` calls, not on `flush` calls. Registries and caches key on that digest, so a
 //! re-export on a machine with a different core count must produce the same blob.
 //! - gzip cuts the input into fixed-size blocks whatever the thread count (see `gzip`); each of
-//!   its two encoders (zlib-rs, ISA-L) is a separate [`Algorithm`], since their bytes differ.
+//!   its encoders (sirocco, zlib-rs, ISA-L) is a separate [`Algorithm`], since their bytes
+//!   differ.
 //! - zstd always runs libzstd's multithreaded mode, whose output is the same for any number of
 //!   workers ≥ 1 but differs from its single-thread mode (see `zstd`).
 
@@ -40,16 +41,24 @@ pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+
 /// entries, while sharing the format's media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Algorithm {
-    /// gzip written by zlib-rs.
+    /// gzip written by zlib-rs. Its name is plain `gzip` because it was the first gzip
+    /// encoder: cache entries made then keep their meaning.
     Gzip,
     Zstd,
     /// gzip written by ISA-L's igzip: faster, with its own levels 0..=3. Only builds with the
     /// `isal` cargo feature can write it.
     GzipIsal,
+    /// gzip written by sirocco, the default gzip encoder: pure Rust, zlib's levels 1..=9.
+    GzipSirocco,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 3] = [Algorithm::Gzip, Algorithm::Zstd, Algorithm::GzipIsal];
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::Gzip,
+        Algorithm::Zstd,
+        Algorithm::GzipIsal,
+        Algorithm::GzipSirocco,
+    ];
 
     /// The name used in cache keys and listings.
     pub fn name(self) -> &'static str {
@@ -57,13 +66,14 @@ impl Algorithm {
             Algorithm::Gzip => "gzip",
             Algorithm::Zstd => "zstd",
             Algorithm::GzipIsal => "gzip-isal",
+            Algorithm::GzipSirocco => "gzip-sirocco",
         }
     }
 
     /// The OCI layer media type of a blob compressed with this algorithm.
     pub fn media_type(self) -> &'static str {
         match self {
-            Algorithm::Gzip | Algorithm::GzipIsal => MEDIA_TYPE_LAYER_GZIP,
+            Algorithm::Gzip | Algorithm::GzipIsal | Algorithm::GzipSirocco => MEDIA_TYPE_LAYER_GZIP,
             Algorithm::Zstd => MEDIA_TYPE_LAYER_ZSTD,
         }
     }
@@ -74,7 +84,7 @@ impl Algorithm {
     /// uncompressed layer is the better choice when speed matters that much.
     pub fn levels(self) -> RangeInclusive<i32> {
         match self {
-            Algorithm::Gzip => 1..=9,
+            Algorithm::Gzip | Algorithm::GzipSirocco => 1..=9,
             Algorithm::Zstd => 1..=22,
             Algorithm::GzipIsal => 0..=3,
         }
@@ -98,7 +108,7 @@ impl fmt::Display for Algorithm {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown compression algorithm {0:?}: expected gzip, zstd or gzip-isal")]
+#[error("unknown compression algorithm {0:?}: expected gzip, zstd, gzip-isal or gzip-sirocco")]
 pub struct UnknownAlgorithm(pub String);
 
 impl FromStr for Algorithm {
@@ -109,6 +119,7 @@ impl FromStr for Algorithm {
             "gzip" => Ok(Algorithm::Gzip),
             "zstd" => Ok(Algorithm::Zstd),
             "gzip-isal" => Ok(Algorithm::GzipIsal),
+            "gzip-sirocco" => Ok(Algorithm::GzipSirocco),
             _ => Err(UnknownAlgorithm(s.to_string())),
         }
     }
@@ -170,6 +181,7 @@ impl Settings {
             Algorithm::Gzip => 6,
             Algorithm::Zstd => 3,
             Algorithm::GzipIsal => 1,
+            Algorithm::GzipSirocco => 1,
         }
     }
 
@@ -242,6 +254,9 @@ impl<'a> Compressor<'a> {
         let level = settings.level.unsigned_abs();
         let inner = match settings.algorithm {
             Algorithm::Gzip => Inner::gzip(out, gzip::Encoder::Zlib(level), settings.jobs)?,
+            Algorithm::GzipSirocco => {
+                Inner::gzip(out, gzip::Encoder::Sirocco(level), settings.jobs)?
+            }
             Algorithm::GzipIsal => Inner::gzip(out, gzip::Encoder::Isal(level), settings.jobs)?,
             Algorithm::Zstd => Inner::Zstd(
                 zstd::ZstdWriter::new(out, settings.level, settings.jobs)
