@@ -76,8 +76,8 @@ struct Done {
 /// valid) streams for the same input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Encoder {
-    /// sirocco, levels 1..=9: pure Rust, available in every build, and the fastest of the
-    /// three at a ratio between zlib's levels 1 and 6.
+    /// sirocco, levels 1..=9: pure Rust, available in every build, and the fastest there.
+    /// It leaves the dictionary unused (see `sirocco`).
     Sirocco(u32),
     /// zlib-rs, levels 1..=9: available in every build.
     Zlib(u32),
@@ -113,10 +113,11 @@ impl Encoder {
     }
 }
 
-/// Compresses single blocks as raw deflate, each primed with the previous block's tail.
+/// Compresses single blocks as raw deflate, each primed with the previous block's tail (or not:
+/// an encoder may leave the dictionary unused).
 ///
 /// The contract that keeps gzip output deterministic: the bytes written for a block depend on
-/// `(data, dict, last)` and the encoder's level alone (an encoder may leave `dict` unused) — not on what the compressor did before
+/// `(data, dict, last)` and the encoder's level alone — not on what the compressor did before
 /// (workers take blocks in whatever order the scheduler gives them), and not on the capacity
 /// `out` arrives with (buffers are recycled).
 trait DeflateBlocks: Send {
