@@ -7,9 +7,9 @@ pub mod engine;
 pub mod fault_proxy;
 pub mod http1;
 pub mod pki;
+pub mod podman;
 pub mod registry;
 pub mod token_server;
-pub mod podman;
 
 use std::collections::BTreeMap;
 use std::io::Read;
