@@ -4,10 +4,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use oci_export::cache::{self, BlobCache};
-use oci_export::cli::{Args, CacheAction, Command, Compression, LayerArgs, PushArgs, RunArgs};
+use oci_export::cli::{
+    Args, CacheAction, Command, Compression, LayerArgs, PushArgs, RunArgs, UsageError,
+};
 use oci_export::export::plan::Requested;
 use oci_export::export::push::{self, PushRequest};
 use oci_export::export::{run, CacheChoice, ExportRequest};
@@ -26,6 +28,14 @@ fn main() -> ExitCode {
             data_root,
         }) => cache_command(action, cache_dir, data_root),
         Some(Command::Push(push)) => push_command(push),
+        Some(Command::Completions { shell }) => {
+            let mut command = Args::command();
+            clap_complete::generate(shell, &mut command, "oci-export", &mut std::io::stdout());
+            Ok(())
+        }
+        Some(Command::Man) => clap_mangen::Man::new(Args::command())
+            .render(&mut std::io::stdout())
+            .context("writing the manual page"),
         None => export(args),
     };
     match result {
@@ -36,6 +46,10 @@ fn main() -> ExitCode {
                 eprintln!("oci-export: output closed before the archive was complete");
             } else {
                 eprintln!("oci-export: error: {e:#}");
+            }
+            if e.is::<UsageError>() {
+                // As clap's own usage errors.
+                return ExitCode::from(2);
             }
             ExitCode::FAILURE
         }
