@@ -473,7 +473,7 @@ impl Session {
                 reauthorized = true;
                 match self
                     .auth
-                    .unauthorized(&response, &scopes, authorization.is_some())
+                    .unauthorized(&response, &scopes, authorization.as_ref())
                 {
                     Some(retry_scopes) => {
                         scopes = retry_scopes;
