@@ -154,6 +154,9 @@ pub(crate) struct Auth {
     credentials: Option<Credentials>,
     challenge: RwLock<Challenge>,
     tokens: Mutex<HashMap<String, Token>>,
+    /// Held while a token is fetched: the parallel uploads that start a push all need the
+    /// same token at once, and one request to the token server serves them all.
+    fetching: Mutex<()>,
     insecure: bool,
 }
 
@@ -171,6 +174,7 @@ impl Auth {
             credentials,
             challenge: RwLock::new(challenge),
             tokens: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(()),
             insecure,
         }
     }
@@ -199,6 +203,11 @@ impl Auth {
             }),
             Challenge::Bearer { realm, service, .. } => {
                 let key = scopes.key();
+                if let Some(token) = self.cached_token(&key) {
+                    return Ok(Some(token));
+                }
+                let _one_fetch = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+                // Another thread may have fetched it while this one waited.
                 if let Some(token) = self.cached_token(&key) {
                     return Ok(Some(token));
                 }
