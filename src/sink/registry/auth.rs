@@ -463,6 +463,7 @@ mod tests {
             body: Vec::new(),
             target: Target::parse("http://127.0.0.1:5000/v2/a/blobs/uploads/").unwrap(),
             method: "POST",
+            refused_login: None,
         }
     }
 
