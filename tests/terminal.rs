@@ -53,7 +53,10 @@ fn on_a_terminal(args: &[&str], stdout: Stdio) -> (String, bool) {
         (status, reader.join().unwrap())
     };
     let (status, bytes) = status_and_output;
-    (strip_escapes(&String::from_utf8_lossy(&bytes)), status.success())
+    (
+        strip_escapes(&String::from_utf8_lossy(&bytes)),
+        status.success(),
+    )
 }
 
 /// The text without ANSI escape sequences.
@@ -91,10 +94,7 @@ fn assert_progress_was_shown(seen: &str, total: &str, summary_start: &str) {
         percents.iter().all(|p| *p <= 100),
         "percentages beyond 100: {percents:?}"
     );
-    let summaries: Vec<&str> = seen
-        .lines()
-        .filter(|l| l.contains(summary_start))
-        .collect();
+    let summaries: Vec<&str> = seen.lines().filter(|l| l.contains(summary_start)).collect();
     assert_eq!(summaries.len(), 1, "one summary line:\n{seen}");
 }
 
@@ -108,7 +108,11 @@ fn layers_with(seen: &str, outcome: &str) -> usize {
         let name: String = piece.chars().take(12).collect();
         if name.len() == 12
             && name.bytes().all(|b| b.is_ascii_hexdigit())
-            && piece.split_whitespace().collect::<Vec<_>>().join(" ").contains(outcome)
+            && piece
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .contains(outcome)
         {
             layers.insert(name);
         }
@@ -141,7 +145,14 @@ fn an_export_on_a_terminal_shows_a_total_a_percentage_and_a_summary() {
     }
     // -q: nothing at all, even on a terminal.
     let (seen, ok) = on_a_terminal(
-        &["--data-root", root_arg, "-q", "sample:latest", "-o", archive_arg],
+        &[
+            "--data-root",
+            root_arg,
+            "-q",
+            "sample:latest",
+            "-o",
+            archive_arg,
+        ],
         Stdio::null(),
     );
     assert!(ok);
@@ -161,14 +172,22 @@ fn a_pipe_or_a_file_on_stderr_gets_no_progress() {
         .status()
         .unwrap();
     assert!(status.success());
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "", "a file on stderr");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "",
+        "a file on stderr"
+    );
     let piped = Command::new(BIN)
         .args(["--data-root", root.to_str().unwrap(), "sample:latest"])
         .output()
         .unwrap();
     assert!(piped.status.success());
     assert!(!piped.stdout.is_empty());
-    assert_eq!(String::from_utf8_lossy(&piped.stderr), "", "a pipe on stderr");
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stderr),
+        "",
+        "a pipe on stderr"
+    );
 }
 
 #[test]

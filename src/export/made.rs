@@ -13,6 +13,7 @@
 use std::io::{Seek, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
 use std::sync::{Condvar, Mutex};
 
 use anyhow::{anyhow, Context, Result};
@@ -180,8 +181,20 @@ pub fn cache_key(layer: &Layer, settings: &Settings) -> Key {
 /// Makes layer `index`'s blob as its plan says (a stored blob: verified); `stop` abandons the
 /// work with [`Cancelled`] when raised.
 pub fn make_layer(job: &MakeJob, index: usize, stop: &AtomicBool) -> Result<ReadyBlob> {
+    make_layer_teed(job, index, stop, None)
+}
+
+/// [`make_layer`], and if the layer is compressed here (not taken from the cache), every
+/// compressed byte is also sent to `tee` as it is written: a push uploads the blob while it is
+/// made. `tee` is dropped when the blob is done, or was not compressed here.
+pub fn make_layer_teed(
+    job: &MakeJob,
+    index: usize,
+    stop: &AtomicBool,
+    tee: Option<SyncSender<Vec<u8>>>,
+) -> Result<ReadyBlob> {
     match &job.plans[index] {
-        BlobPlan::Made(Some(settings)) => compress_layer(job, index, settings, stop),
+        BlobPlan::Made(Some(settings)) => compress_layer(job, index, settings, stop, tee),
         BlobPlan::Made(None) | BlobPlan::Tar => uncompressed_layer(job, index, stop),
         BlobPlan::Stored(blob) => verified_stored(job, index, blob)
             .map_err(|e| e.context(job.layers[index].origin.clone())),
@@ -252,6 +265,7 @@ fn compress_layer(
     index: usize,
     settings: &Settings,
     stop: &AtomicBool,
+    tee: Option<SyncSender<Vec<u8>>>,
 ) -> Result<ReadyBlob> {
     let layer = &job.layers[index];
     let key = cache_key(layer, settings);
@@ -264,7 +278,7 @@ fn compress_layer(
             job.progress.add(index, size.unwrap_or(hit.size));
             hit
         }
-        None => make_blob(job, index, settings, &key, stop)?,
+        None => make_blob(job, index, settings, &key, stop, tee)?,
     };
     Ok(ReadyBlob {
         info: BlobInfo {
@@ -285,14 +299,17 @@ fn make_blob(
     settings: &Settings,
     key: &Key,
     stop: &AtomicBool,
+    mut tee: Option<SyncSender<Vec<u8>>>,
 ) -> Result<StoredBlob> {
     if let Some(pending) = job.store.begin(key) {
-        match compress_into_cache(job, index, settings, pending, stop)? {
+        // A second attempt would send the blob a second time: the tee serves the first only
+        // (a stream that did not get the whole blob is not committed).
+        match compress_into_cache(job, index, settings, pending, stop, tee.take())? {
             Attempt::Made(blob) => return Ok(blob),
             Attempt::CacheFailed(e) => job.store.give_up_cache(&e),
         }
     }
-    compress_into_scratch(job, index, settings, stop)
+    compress_into_scratch(job, index, settings, stop, tee)
 }
 
 /// How compressing into the cache went, when the layer itself was sound.
@@ -310,9 +327,10 @@ fn compress_into_cache(
     settings: &Settings,
     pending: PendingBlob,
     stop: &AtomicBool,
+    tee: Option<SyncSender<Vec<u8>>>,
 ) -> Result<Attempt> {
     let mut out = NotingFailure::new(pending);
-    let compressed = compress(job, index, settings, &mut out, stop);
+    let compressed = compress(job, index, settings, &mut Tee::new(&mut out, tee), stop);
     let (pending, write_failure) = out.into_parts();
     if let Some(e) = write_failure {
         // Whatever the compressor made of it, the cache failed first; dropping `pending`
@@ -333,9 +351,10 @@ fn compress_into_scratch(
     index: usize,
     settings: &Settings,
     stop: &AtomicBool,
+    tee: Option<SyncSender<Vec<u8>>>,
 ) -> Result<StoredBlob> {
     let mut file = job.store.scratch_file()?;
-    let blob = compress(job, index, settings, &mut file, stop)?;
+    let blob = compress(job, index, settings, &mut Tee::new(&mut file, tee), stop)?;
     file.rewind().context("rewinding a scratch blob")?;
     Ok(StoredBlob {
         digest: blob.digest,
@@ -370,6 +389,37 @@ fn compress(
     // duplicate paths itself.
     rebuild_layer(layer, None, engine.as_mut(), &mut sink)?;
     compressor.finish()
+}
+
+/// Writes to `inner`, and sends a copy of what was written to `tee` while someone receives it
+/// (a push uploading the blob as it is made). The copy is what `inner` accepted, in order.
+struct Tee<'a> {
+    inner: &'a mut dyn Write,
+    tee: Option<SyncSender<Vec<u8>>>,
+}
+
+impl<'a> Tee<'a> {
+    fn new(inner: &'a mut dyn Write, tee: Option<SyncSender<Vec<u8>>>) -> Self {
+        Tee { inner, tee }
+    }
+}
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(tee) = &self.tee {
+            if tee.send(buf[..n].to_vec()).is_err() {
+                // The upload ended (or failed): the blob is still made, for the cache and for
+                // an ordinary upload.
+                self.tee = None;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The compression was abandoned because something else failed first.

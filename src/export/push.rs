@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::blob_store::BlobStore;
 use super::layers::measure_for_progress;
-use super::made::{cache_key, make_layer, MakeJob};
+use super::made::{cache_key, make_layer, make_layer_teed, MakeJob};
 use super::plan::{plan_layers, BlobPlan, Requested};
 use super::{image_names, layer_label, CacheChoice, ExportSet};
 use crate::compress::Settings;
@@ -284,7 +284,17 @@ impl Pusher<'_> {
                 if let Some(found) = self.already_there(layer, settings)? {
                     return Ok(found);
                 }
-                self.make_and_upload(index, settings.algorithm.format())
+                // Not in the cache either (else it would have been found, or is taken from
+                // there): compress and upload at once.
+                let cached = self
+                    .job
+                    .store
+                    .recorded(&cache_key(layer, settings))
+                    .is_some();
+                if cached {
+                    return self.make_and_upload(index, settings.algorithm.format());
+                }
+                self.compress_while_uploading(index, settings)
             }
             BlobPlan::Made(None) | BlobPlan::Tar => {
                 if let Some(size) = self.repository.blob_size(&layer.diff_id)? {
@@ -407,6 +417,49 @@ impl Pusher<'_> {
         }
         self.job.progress.add(index, blob.size);
         self.upload(index, &FileBlob::new(file, blob.digest, blob.size))?;
+        Ok((pushed, Phase::Done))
+    }
+
+    /// Compresses layer `index` (into the cache, as always) while a second thread uploads what
+    /// comes out, so that compression and upload overlap. When the streamed upload does not
+    /// work out (the registry refused or broke it), the blob, made by then, is uploaded the
+    /// ordinary way, with every retry and chunking rule that allows.
+    fn compress_while_uploading(
+        &self,
+        index: usize,
+        settings: &Settings,
+    ) -> Result<(Pushed, Phase)> {
+        // A few MiB of compressed output in flight: enough to keep the connection busy.
+        let (pieces_tx, pieces) = std::sync::mpsc::sync_channel(64);
+        let (made_tx, made) = std::sync::mpsc::sync_channel(1);
+        let (ready, streamed) = std::thread::scope(|scope| {
+            let uploader = scope.spawn(|| {
+                self.repository
+                    .upload_streamed(crate::sink::registry::Streamed { pieces, made })
+            });
+            let ready = make_layer_teed(&self.job, index, &AtomicBool::new(false), Some(pieces_tx));
+            let _ = made_tx.send(ready.as_ref().ok().map(|r| (r.info.digest, r.info.size)));
+            (ready, uploader.join())
+        });
+        let ready = ready?;
+        let pushed = Pushed {
+            digest: ready.info.digest,
+            size: ready.info.size,
+            format: settings.algorithm.format(),
+        };
+        if matches!(streamed, Ok(Ok(true))) {
+            self.tally
+                .uploaded_bytes
+                .fetch_add(pushed.size, Ordering::Relaxed);
+            return Ok((pushed, Phase::Done));
+        }
+        if self.repository.blob_size(&pushed.digest)? == Some(pushed.size) {
+            return Ok((pushed, Phase::Exists));
+        }
+        self.upload(
+            index,
+            &FileBlob::new(ready.file, pushed.digest, pushed.size),
+        )?;
         Ok((pushed, Phase::Done))
     }
 

@@ -62,6 +62,9 @@ pub(crate) enum Body<'a> {
         len: u64,
         progress: &'a dyn Fn(u64),
     },
+    /// A body of unknown length, sent once with chunked transfer encoding: a blob read while it
+    /// is made. It cannot be sent again (after a 401 or a redirect the request fails instead).
+    Stream(&'a std::sync::Mutex<Option<Box<dyn Read + Send>>>),
 }
 
 impl Body<'_> {
@@ -70,6 +73,7 @@ impl Body<'_> {
             Body::Empty => 0,
             Body::Bytes(b) => b.len() as u64,
             Body::Blob { len, .. } => *len,
+            Body::Stream(_) => 0,
         }
     }
 }
@@ -309,12 +313,22 @@ impl Transport {
         if let Some(secret) = authorization {
             builder = builder.header("authorization", secret.expose());
         }
-        if matches!(method, "PUT" | "PATCH" | "POST") {
+        if matches!(method, "PUT" | "PATCH" | "POST") && !matches!(body, Body::Stream(_)) {
             builder = builder.header("content-length", body.len().to_string());
         }
         let mut source_error = None;
         let result = match body {
             Body::Empty => agent.run(builder.body(()).map_err(bad_request)?),
+            Body::Stream(once) => {
+                let reader = once
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .ok_or_else(|| Failure::other("a streamed body cannot be sent twice"))?;
+                let mut reader = reader;
+                let send = ureq::SendBody::from_reader(&mut reader);
+                agent.run(builder.body(send).map_err(bad_request)?)
+            }
             Body::Bytes(bytes) => agent.run(builder.body(*bytes).map_err(bad_request)?),
             Body::Blob {
                 source,

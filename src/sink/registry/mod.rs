@@ -55,7 +55,7 @@ pub use http::Timeouts;
 pub use retry::RetryPolicy;
 pub use secret::Secret;
 pub use tls::DEFAULT_CERTS_DIRS;
-pub use upload::UploadOptions;
+pub use upload::{Streamed, UploadOptions};
 
 /// How to reach and log in to registries.
 #[derive(Clone, Debug)]
@@ -471,6 +471,12 @@ impl Repository<'_> {
     /// `media_type`, and returns its digest (the SHA-256 of `body`, which the registry's
     /// `Docker-Content-Digest` must confirm when it sends one). Push it only after every blob
     /// it references is confirmed.
+    /// Uploads a blob while it is being made (see [`Streamed`]): `Ok(false)` when that did not
+    /// work out, and the finished blob is to be uploaded with [`Repository::upload`].
+    pub fn upload_streamed(&self, streamed: Streamed) -> Result<bool> {
+        upload::upload_streamed(self, streamed)
+    }
+
     /// Whether a blob the repository holds is gzip or zstd, from its first bytes (a ranged
     /// `GET`): for blobs known only by digest (Docker's v2metadata records no media type), so
     /// that a manifest never names a zstd blob gzip. `None` when it is neither, or the registry

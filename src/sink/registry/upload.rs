@@ -177,23 +177,7 @@ impl Upload<'_, '_> {
     }
 
     fn start_session(&self) -> Result<(Target, u64), Failure> {
-        let repo = self.repo;
-        let response = repo.send(Request {
-            method: "POST",
-            target: repo.target("/blobs/uploads/"),
-            headers: Vec::new(),
-            body: Body::Empty,
-            scopes: &repo.scopes,
-        })?;
-        if response.status != 202 {
-            return Err(response.into_failure());
-        }
-        let location = location_of(&response)?;
-        let min_chunk = response
-            .header("oci-chunk-min-length")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        Ok((location, min_chunk))
+        start_session(self.repo)
     }
 
     fn monolithic(&mut self, location: Target, min_chunk: u64) -> Outcome {
@@ -354,6 +338,26 @@ impl Upload<'_, '_> {
     }
 }
 
+/// `POST …/blobs/uploads/`: a new session's location, and the registry's smallest chunk.
+fn start_session(repo: &Repository<'_>) -> Result<(Target, u64), Failure> {
+    let response = repo.send(Request {
+        method: "POST",
+        target: repo.target("/blobs/uploads/"),
+        headers: Vec::new(),
+        body: Body::Empty,
+        scopes: &repo.scopes,
+    })?;
+    if response.status != 202 {
+        return Err(response.into_failure());
+    }
+    let location = location_of(&response)?;
+    let min_chunk = response
+        .header("oci-chunk-min-length")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Ok((location, min_chunk))
+}
+
 fn classify(failure: Failure) -> Outcome {
     if failure.is_transient() {
         Outcome::Retry(failure)
@@ -375,4 +379,121 @@ pub(crate) fn location_of(response: &Response) -> Result<Target, Failure> {
         ))
     })?;
     response.target.resolve(location).map_err(Failure::Other)
+}
+
+/// A blob uploaded while it is made (a layer being compressed): its bytes arrive in pieces,
+/// its digest and size only at the end.
+pub struct Streamed {
+    /// The blob's bytes, in order; the channel closes when no more will come.
+    pub pieces: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Then what was made: its digest and size, or `None` if making it failed.
+    pub made: std::sync::mpsc::Receiver<Option<(crate::digest::Digest, u64)>>,
+}
+
+/// Uploads a blob while it is made, in one streamed `PATCH` (chunked transfer encoding, as
+/// `docker push` sends layers) and, once its maker says what it made, the commit. Compression
+/// and upload then overlap instead of following each other.
+///
+/// `Ok(true)`: uploaded and committed. `Ok(false)`: not — the registry refused or broke the
+/// stream (a body too large for it, a reset, an expired token: a stream cannot be sent again),
+/// or what arrived is not what was made; the session is deleted and the caller uploads the
+/// finished blob the ordinary way, with every retry that allows. Nothing is committed unless
+/// the maker finished and every byte it made was sent.
+pub(crate) fn upload_streamed(repo: &Repository<'_>, streamed: Streamed) -> Result<bool> {
+    let Ok((location, _)) = start_session(repo) else {
+        return Ok(false);
+    };
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader: Box<dyn std::io::Read + Send> = Box::new(PieceReader {
+        pieces: streamed.pieces,
+        current: Vec::new(),
+        position: 0,
+        sent: sent.clone(),
+    });
+    let body = std::sync::Mutex::new(Some(reader));
+    let response = repo.send(Request {
+        method: "PATCH",
+        target: location.clone(),
+        headers: octet_stream(),
+        body: Body::Stream(&body),
+        scopes: &repo.scopes,
+    });
+    let next = match response {
+        Ok(r) if r.status == 202 || r.status == 201 || r.status == 204 => {
+            match r.header("location").map(|l| r.target.resolve(l)) {
+                Some(Ok(next)) => Some(next),
+                Some(Err(_)) => None,
+                None => Some(location.clone()),
+            }
+        }
+        _ => None,
+    };
+    let sent = sent.load(std::sync::atomic::Ordering::Acquire);
+    let made = streamed.made.recv().ok().flatten();
+    let (Some(next), Some((digest, size))) = (next, made) else {
+        abandon(repo, &location);
+        return Ok(false);
+    };
+    if size != sent {
+        abandon(repo, &next);
+        return Ok(false);
+    }
+    let response = repo.send(Request {
+        method: "PUT",
+        target: next.with_query("digest", &digest.to_string()),
+        headers: octet_stream(),
+        body: Body::Empty,
+        scopes: &repo.scopes,
+    });
+    match response {
+        Ok(r) if matches!(r.status, 200 | 201 | 204) => {
+            let stored_as = r.header("docker-content-digest").map(str::trim);
+            Ok(stored_as.is_none_or(|theirs| theirs == digest.to_string()))
+        }
+        _ => {
+            abandon(repo, &next);
+            Ok(false)
+        }
+    }
+}
+
+/// Deletes an upload session we will not commit (best effort: it expires anyway).
+fn abandon(repo: &Repository<'_>, location: &Target) {
+    let _ = repo.send(Request {
+        method: "DELETE",
+        target: location.clone(),
+        headers: Vec::new(),
+        body: Body::Empty,
+        scopes: &repo.scopes,
+    });
+}
+
+/// The pieces of a blob being made, as one stream.
+struct PieceReader {
+    pieces: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    position: usize,
+    /// Bytes handed to the request so far.
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::io::Read for PieceReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.position == self.current.len() {
+            match self.pieces.recv() {
+                Ok(piece) => {
+                    self.current = piece;
+                    self.position = 0;
+                }
+                // The maker is done (or gave up): the end of the body.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        self.sent
+            .fetch_add(n as u64, std::sync::atomic::Ordering::AcqRel);
+        Ok(n)
+    }
 }
