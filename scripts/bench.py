@@ -150,6 +150,9 @@ def main():
                     help="also benchmark compressed exports of this image")
     ap.add_argument("--push", action="append", default=[],
                     help="also benchmark pushes of this image to a loopback registry")
+    ap.add_argument("--podman", metavar="DIR",
+                    help="a private podman store holding the images as localhost/<image> "
+                         "(bench_podman.py --load): also benchmark podman save against them")
     ap.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", ""))
     ap.add_argument("images", nargs="*")
     args = ap.parse_args()
@@ -157,7 +160,7 @@ def main():
         with open(args.render) as f:
             saved = json.load(f)
         write_outputs(args.out, saved["cores"], saved["results"], saved["compressed"],
-                      saved.get("pushed", []))
+                      saved.get("pushed", []), saved.get("podman", []))
         return
     if not (args.binary and args.data_root and args.scratch and args.images):
         ap.error("measuring needs --binary, --data-root, --scratch and images")
@@ -209,20 +212,23 @@ def main():
     compressed = [compress_bench(args, oe, image, facts[image], cores) for image in args.compress]
     pushed = [push_bench(args, args.binary, args.data_root, image, facts[image])
               for image in args.push]
+    podman = podman_bench(args, results) if args.podman else []
 
-    write_outputs(args.out, cores, results, compressed, pushed)
+    write_outputs(args.out, cores, results, compressed, pushed, podman)
 
 
-def write_outputs(out, cores, results, compressed, pushed):
+def write_outputs(out, cores, results, compressed, pushed, podman):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"cores": cores, "results": results, "compressed": compressed,
-                   "pushed": pushed}, f, indent=1)
+                   "pushed": pushed, "podman": podman}, f, indent=1)
     text = markdown(results, cores)
     if compressed:
         text += "\n" + compress_markdown(compressed, cores)
     if pushed:
         text += "\n" + push_markdown(pushed, cores)
+    if podman:
+        text += "\n" + podman_markdown(podman, cores)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out, "throughput.svg"), "w") as f:
@@ -402,6 +408,43 @@ def push_markdown(rows, cores):
         row("oci-export push `-c zstd`", "oe_push_zstd")
         row("`docker push` again (re-push)", "docker_repush", base=None)
         row("oci-export push again (re-push, cache warm)", "oe_repush", base="docker_repush")
+    return "\n".join(lines) + "\n"
+
+
+def podman_bench(args, results):
+    """`podman save` against `oci-export --store containers-storage` on the same images, loaded
+    into a private podman store; the SHA-256 floor is the overlay2 run's, the layers being the
+    same bytes."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_podman
+    podman, env, root = bench_podman.podman_cmd(args.podman)
+    bench_args = argparse.Namespace(binary=args.binary, scratch=args.scratch, runs=args.runs,
+                                    cold=True)
+    rows = []
+    for r in results:
+        print(f"bench: podman {r['image']}", file=sys.stderr)
+        row = bench_podman.bench_image(bench_args, podman, env, root, f"localhost/{r['image']}")
+        row["floor"] = r["floor"]
+        rows.append(row)
+    return rows
+
+
+def podman_markdown(rows, cores):
+    lines = [
+        f"containers-storage (a private podman 4.3 store, overlay driver), warm page cache, best "
+        f"of runs, then one cold run; {cores} cores. The floor is the SHA-256 floor of the same "
+        "layers (first table).",
+        "",
+        "| image | `podman save` → file | oci-export → file | speed-up | oci-export / floor "
+        "| `podman save` cold | oci-export cold | speed-up cold |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['image']} | {r['podman_file']:.2f} | {r['oe_file']:.2f} "
+            f"| **{r['podman_file'] / r['oe_file']:.1f}×** | {r['oe_file'] / r['floor']:.2f}× "
+            f"| {r['podman_cold']:.2f} | {r['oe_cold']:.2f} "
+            f"| **{r['podman_cold'] / r['oe_cold']:.1f}×** |")
     return "\n".join(lines) + "\n"
 
 

@@ -76,7 +76,14 @@ DOCKERFILE
 DOCKER_BUILDKIT=0 $docker build -q --network=none -t bench/layered:1 "$scratch/ctx" >/dev/null
 rm -rf "$scratch/ctx"
 
+# The same images in a private podman store (containers-storage), for `podman save`.
+podman_store=$(mktemp -d "$scratch/podman.XXXXXX")
+for image in bench/rootfs:1 bench/manyfiles:1 bench/bigfiles:1 bench/layered:1; do
+	$docker save "$image" | python3 "$root/scripts/bench_podman.py" --dir "$podman_store" --load
+done
+
 python3 "$root/scripts/bench.py" \
+	--podman "$podman_store" \
 	--binary "$root/target/release/oci-export" \
 	--data-root "$engine/data" \
 	--scratch "$scratch" \

@@ -1329,16 +1329,63 @@ fn reply(status: u16, headers: &[(&str, &str)]) -> Action {
 
 #[test]
 fn a_connection_reset_in_the_middle_of_a_blob_is_retried() {
-    // The layer (5 MiB) is the first blob sent; the connection is reset 1 MiB into it.
+    // The layer (5 MiB) is the first blob sent, streamed as it is compressed; the connection is
+    // reset 1 MiB into it. The stream cannot be sent again: its session is deleted, and the
+    // finished blob goes up whole.
     let Some(seen) = push_through_faults(
         BIGFILE,
         "faults/reset",
         vec![Rule::new(
-            Some("PUT"),
+            Some("PATCH"),
             Some("/blobs/uploads/"),
             Action::ResetAfter(MIB),
         )
         .window(0, 1)],
+    ) else {
+        return;
+    };
+    let log = log_of(&seen);
+    let patch = seen.iter().position(|s| s.method == "PATCH").expect(&log);
+    assert_eq!(seen[patch].status, 0, "the stream was cut:\n{log}");
+    assert!(
+        seen[patch + 1..]
+            .iter()
+            .any(|s| s.method == "PUT" && s.status == 201 && s.content_length > 4 * MIB),
+        "sent again, whole:\n{log}"
+    );
+    let cut = upload_session(&seen[patch].target);
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.method == "PUT" && s.status == 201 && upload_session(&s.target) == cut),
+        "the cut stream's session was never committed:\n{log}"
+    );
+}
+
+/// The upload session a request went to: the id after `/blobs/uploads/`.
+fn upload_session(target: &str) -> &str {
+    target
+        .split_once("/blobs/uploads/")
+        .map_or("", |(_, rest)| rest.split('?').next().unwrap_or(""))
+}
+
+#[test]
+fn a_connection_reset_in_a_monolithic_upload_is_retried() {
+    // A registry that refuses streamed bodies (a 4 MiB cap on requests without a length is
+    // what some proxies do) gets the finished blob in one PUT; that connection is reset 1 MiB
+    // in, and the PUT is sent again.
+    let Some(seen) = push_through_faults(
+        BIGFILE,
+        "faults/reset-put",
+        vec![
+            Rule::new(Some("PATCH"), Some("/blobs/uploads/"), reply(413, &[])).window(0, 1),
+            Rule::new(
+                Some("PUT"),
+                Some("/blobs/uploads/"),
+                Action::ResetAfter(MIB),
+            )
+            .window(0, 1),
+        ],
     ) else {
         return;
     };
@@ -1420,11 +1467,22 @@ fn a_4_mib_cap_per_request_is_met_with_chunks() {
         return;
     };
     let log = log_of(&seen);
+    // First the stream (a body of unknown length, over the cap), then the monolithic PUT are
+    // refused; then chunks within the cap.
+    let refused_put = seen
+        .iter()
+        .position(|s| s.method == "PUT" && s.status == 413)
+        .unwrap_or_else(|| panic!("the monolithic upload was refused:\n{log}"));
     assert!(
-        seen.iter().any(|s| s.method == "PUT" && s.status == 413),
-        "the monolithic upload was refused:\n{log}"
+        seen[..refused_put]
+            .iter()
+            .any(|s| s.method == "PATCH" && s.status == 413),
+        "the streamed upload was refused first:\n{log}"
     );
-    let patches: Vec<&Seen> = seen.iter().filter(|s| s.method == "PATCH").collect();
+    let patches: Vec<&Seen> = seen[refused_put..]
+        .iter()
+        .filter(|s| s.method == "PATCH")
+        .collect();
     assert!(patches.len() >= 2, "{log}");
     assert!(
         patches

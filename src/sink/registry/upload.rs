@@ -400,7 +400,13 @@ pub struct Streamed {
 /// finished blob the ordinary way, with every retry that allows. Nothing is committed unless
 /// the maker finished and every byte it made was sent.
 pub(crate) fn upload_streamed(repo: &Repository<'_>, streamed: Streamed) -> Result<bool> {
-    let Ok((location, _)) = start_session(repo) else {
+    // The session start is retried like any (a 429 asks us to wait, and we do); a failure of
+    // the stream itself is not, as it cannot be sent again.
+    let started = repo.registry.retrying(
+        || format!("starting an upload to {}", repo.name()),
+        || start_session(repo),
+    );
+    let Ok((location, _)) = started else {
         return Ok(false);
     };
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
