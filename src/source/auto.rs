@@ -3,8 +3,11 @@
 //! Docker 29 keeps images in containerd's store on fresh installs and in its own overlay2 store
 //! where that already holds images (moby `daemon/image_store_choice.go`), and a host may run
 //! podman beside Docker. So `auto` opens every store that exists here and looks each name up in
-//! them in that order: overlay2, containerd, containers-storage. The first that holds the name
-//! serves it; a name in none of them is one error naming every store looked in.
+//! them in that order: overlay2, containerd (namespace `--namespace`, in the roots Docker may
+//! use: [`containerd::root::docker_roots`]), containers-storage. The first that holds the name
+//! serves it, and with several stores open it says which; a name in none of them is one error
+//! naming every store looked in. daemon.json's `features.containerd-snapshotter: false` keeps
+//! Docker on overlay2, so then containerd's store, which Docker does not use, is not read.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,7 +15,8 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, Result};
 
-use super::{data_root, overlay2, ImageStore, NotFound, SourceOptions};
+use super::daemon_json::DaemonJson;
+use super::{containerd, data_root, overlay2, ImageStore, NotFound, SourceOptions};
 use crate::model::Image;
 
 /// Opens the stores that exist. With none but (possibly) Docker's, that store is opened
@@ -20,12 +24,34 @@ use crate::model::Image;
 /// ones the user sees.
 pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
     let docker_root = data_root(options);
+    let daemon_json = DaemonJson::system();
+    let containerd_roots = if daemon_json.containerd_snapshotter == Some(false) {
+        Vec::new()
+    } else {
+        containerd::root::docker_roots(&docker_root, &daemon_json)
+    };
+    open_in(options, &docker_root, &containerd_roots)
+}
+
+/// [`open`] for a Docker data root and the containerd roots to consider (those that exist).
+pub fn open_in(
+    options: &SourceOptions,
+    docker_root: &std::path::Path,
+    containerd_roots: &[PathBuf],
+) -> Result<Box<dyn ImageStore>> {
     let mut stores: Vec<Box<dyn ImageStore>> = Vec::new();
-    if overlay2::Overlay2Store::present(&docker_root) {
-        stores.push(Box::new(overlay2::Overlay2Store::open(&docker_root)?));
+    if overlay2::Overlay2Store::present(docker_root) {
+        stores.push(Box::new(overlay2::Overlay2Store::open(docker_root)?));
+    }
+    for root in containerd_roots {
+        stores.push(Box::new(containerd::ContainerdStore::open(
+            root,
+            &options.namespace,
+            options.platform.clone(),
+        )?));
     }
     match stores.len() {
-        0 => Ok(Box::new(overlay2::Overlay2Store::open(&docker_root)?)),
+        0 => Ok(Box::new(overlay2::Overlay2Store::open(docker_root)?)),
         1 => Ok(stores.pop().expect("one store")),
         _ => Ok(Box::new(AutoStore {
             stores,
@@ -56,10 +82,8 @@ impl ImageStore for AutoStore {
         for (index, store) in self.stores.iter().enumerate() {
             match store.lookup(input) {
                 Ok(images) => {
-                    if index > 0 {
-                        // Not the store a Docker user would look in first: say where it was.
-                        crate::progress::note(&format!("{input}: found in {}", store.describe()));
-                    }
+                    // Several stores could have served it: say which did.
+                    crate::progress::note(&format!("{input}: found in {}", store.describe()));
                     self.chosen
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

@@ -10,6 +10,7 @@
 
 mod auto;
 pub mod containerd;
+pub mod daemon_json;
 pub mod names;
 pub mod overlay2;
 pub mod platform;
@@ -95,7 +96,12 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
             options,
         ))?)),
         StoreKind::Auto => auto::open(options),
-        StoreKind::Containerd | StoreKind::ContainersStorage => {
+        StoreKind::Containerd => Ok(Box::new(containerd::ContainerdStore::open(
+            &containerd_root(options),
+            &options.namespace,
+            options.platform.clone(),
+        )?)),
+        StoreKind::ContainersStorage => {
             anyhow::bail!(
                 "--store {}: not supported yet",
                 options
@@ -105,6 +111,16 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
             )
         }
     }
+}
+
+/// containerd's root: `--data-root`, else the one Docker uses (see [`containerd::root`]).
+fn containerd_root(options: &SourceOptions) -> PathBuf {
+    options.root.clone().unwrap_or_else(|| {
+        containerd::root::default_root(
+            &overlay2::default_data_root(),
+            &daemon_json::DaemonJson::system(),
+        )
+    })
 }
 
 /// Docker's data root: `--data-root`, else what the daemon is configured with.
