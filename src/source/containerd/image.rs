@@ -55,8 +55,19 @@ pub fn load(
                 )
                 .map_err(|e| platform_missing(e, name, manifest))?,
         };
-        let image = load_manifest(docs, snapshots, resolved, manifest, bytes, index.clone())
-            .with_context(|| format!("image {name} ({})", manifest.platform_name()))?;
+        let label = match &manifest.platform {
+            Some(platform) => format!("{name} ({platform})"),
+            None => name.to_string(),
+        };
+        let image = load_manifest(
+            docs,
+            snapshots,
+            resolved,
+            manifest,
+            bytes,
+            index.clone(),
+            &label,
+        )?;
         if index.is_none() {
             check_plain_platform(name, &image.config, choice)?;
         }
@@ -67,15 +78,16 @@ pub fn load(
 
 /// A platform's manifest that was never fetched: say so in the user's terms.
 fn platform_missing(e: anyhow::Error, image: &str, manifest: &Chosen) -> anyhow::Error {
-    match e.downcast::<Missing>() {
-        Ok(missing) => anyhow!(
-            "image {image}: platform {} is not in the store: {} (containerd fetches only the \
-             platforms it was asked for; choose another with --platform)",
-            manifest.platform_name(),
-            missing.0
-        ),
-        Err(e) => e,
+    if !e.is::<Missing>() {
+        return e;
     }
+    anyhow!(
+        "image {image}: platform {} is not in the store: its manifest {} was never fetched \
+         (containerd fetches only the platforms it is asked for) or was removed; choose another \
+         with --platform",
+        manifest.platform_name(),
+        manifest.descriptor.digest
+    )
 }
 
 /// A plain manifest is the one platform its config names: asked for another, say so rather
@@ -99,16 +111,22 @@ fn load_manifest(
     chosen: &Chosen,
     manifest_bytes: Vec<u8>,
     index: Option<StoredDocument>,
+    label: &str,
 ) -> Result<Image> {
     let view = ManifestView::parse(&manifest_bytes)
-        .with_context(|| format!("manifest {}", chosen.descriptor.digest))?;
-    let config = docs.read(&view.config, "the config")?;
+        .with_context(|| format!("image {label}: manifest {}", chosen.descriptor.digest))?;
+    let config = docs.read(&view.config, &format!("the config of image {label}"))?;
     let id = view.config.digest;
-    let facts = config_facts(&config).with_context(|| format!("config {id}"))?;
+    let facts = config_facts(&config).with_context(|| format!("image {label}: config {id}"))?;
+    // A plain manifest's platform is the one its config names.
+    let label = match (&chosen.platform, config_platform(&config)) {
+        (None, Some(platform)) => format!("{label} ({platform})"),
+        _ => label.to_string(),
+    };
     if facts.diff_ids.len() != view.layers.len() {
         bail!(
-            "manifest {} lists {} layers but config {id} lists {} diff_ids; the image is \
-             inconsistent",
+            "image {label}: manifest {} lists {} layers but config {id} lists {} diff_ids; the \
+             image is inconsistent",
             chosen.descriptor.digest,
             view.layers.len(),
             facts.diff_ids.len()
@@ -121,7 +139,7 @@ fn load_manifest(
         .zip(facts.diff_ids.iter().zip(&chains))
         .enumerate()
         .map(|(i, (descriptor, (diff_id, chain_id)))| {
-            let position = format!("layer {} of {}", i + 1, view.layers.len());
+            let position = format!("layer {} of {} of {label}", i + 1, view.layers.len());
             load_layer(docs, snapshots, descriptor, *diff_id, chain_id, &position)
         })
         .collect::<Result<Vec<_>>>()?;

@@ -85,11 +85,8 @@ pub fn resolve(docs: &Documents<'_>, input: &str) -> Result<Resolved> {
                 tag: None,
             });
         }
-        if let Some(record) = images.iter().find(|i| docs.config_digests(i).contains(&id)) {
-            return Ok(Resolved {
-                record: record.clone(),
-                tag: None,
-            });
+        if let Some(record) = unique_config(docs, &images, |c| *c == id, &id.to_string())? {
+            return Ok(Resolved { record, tag: None });
         }
         return Err(NotFound::error(format!(
             "no such image: {input} (no image in namespace {ns} has it as its target or config \
@@ -115,58 +112,83 @@ pub fn resolve(docs: &Documents<'_>, input: &str) -> Result<Resolved> {
     }
 }
 
-/// The one image whose target or config digest starts with `prefix`. Several names for one
-/// target are one image; several targets are ambiguous.
+/// The one image whose target digest, else config digest, starts with `prefix`.
 fn unique_with_prefix(docs: &Documents<'_>, prefix: &str) -> Result<Option<ImageRecord>> {
-    if prefix.is_empty() {
-        return Ok(None);
-    }
-    let mut by_target: BTreeMap<Digest, ImageRecord> = BTreeMap::new();
-    for image in docs.meta.images(docs.namespace)? {
-        let matches = image.target.digest.hex().starts_with(prefix)
-            || docs
-                .config_digests(&image)
-                .iter()
-                .any(|c| c.hex().starts_with(prefix));
-        if matches {
-            // Prefer a tagged name for messages; any name of the target is the same image.
-            let tagged = tag_of(&image.name).is_some();
-            by_target
-                .entry(image.target.digest)
-                .and_modify(|kept| {
-                    if tagged && tag_of(&kept.name).is_none() {
-                        *kept = image.clone();
-                    }
-                })
-                .or_insert(image);
-        }
-    }
+    let images = docs.meta.images(docs.namespace)?;
+    let by_target = distinct_targets(
+        images
+            .iter()
+            .filter(|i| i.target.digest.hex().starts_with(prefix))
+            .cloned()
+            .collect(),
+    );
     match by_target.len() {
-        0 => Ok(None),
-        1 => Ok(by_target.into_values().next()),
-        n => {
-            let names: Vec<String> = by_target.values().map(|i| i.name.clone()).collect();
-            bail!(
-                "short image ID {prefix} is ambiguous: it matches {n} images ({}); give more of \
-                 the ID, or a name",
-                names.join(", ")
-            )
-        }
+        0 => unique_config(docs, &images, |c| c.hex().starts_with(prefix), prefix),
+        1 => Ok(by_target.into_iter().next()),
+        _ => Err(ambiguous(prefix, &by_target)),
     }
+}
+
+/// The one image with a config `matches` accepts. Several manifests of one config (the same
+/// image stored with gzip and with zstd layers) are different exports: ambiguous.
+fn unique_config(
+    docs: &Documents<'_>,
+    images: &[ImageRecord],
+    matches: impl Fn(&Digest) -> bool,
+    what: &str,
+) -> Result<Option<ImageRecord>> {
+    let found = distinct_targets(
+        images
+            .iter()
+            .filter(|i| docs.config_digests(i).iter().any(&matches))
+            .cloned()
+            .collect(),
+    );
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.into_iter().next()),
+        _ => Err(ambiguous(what, &found)),
+    }
+}
+
+/// One record per target digest (several names of one target are one image), a tagged name
+/// preferred, for messages.
+fn distinct_targets(records: Vec<ImageRecord>) -> Vec<ImageRecord> {
+    let mut by_target: BTreeMap<Digest, ImageRecord> = BTreeMap::new();
+    for image in records {
+        let tagged = tag_of(&image.name).is_some();
+        by_target
+            .entry(image.target.digest)
+            .and_modify(|kept| {
+                if tagged && tag_of(&kept.name).is_none() {
+                    *kept = image.clone();
+                }
+            })
+            .or_insert(image);
+    }
+    by_target.into_values().collect()
+}
+
+fn ambiguous(what: &str, images: &[ImageRecord]) -> anyhow::Error {
+    let names: Vec<String> = images
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.target.digest))
+        .collect();
+    anyhow::anyhow!(
+        "image ID {what} is ambiguous: it matches {} images: {}; give more of the ID, the target \
+         digest, or a name",
+        images.len(),
+        names.join(", ")
+    )
 }
 
 fn not_found_message(docs: &Documents<'_>, wanted: &str) -> Result<String> {
     let images = docs.meta.images(docs.namespace)?;
-    let names: Vec<&str> = images
-        .iter()
-        .map(|i| i.name.as_str())
-        .filter(|n| !n.starts_with(DANGLING_PREFIX))
-        .collect();
-    let mut message = names::not_found_message(wanted, names);
     if images.is_empty() {
         let namespaces = docs.meta.namespaces()?;
-        message.push_str(&format!(
-            "; namespace {} holds no images (namespaces here: {}; choose one with --namespace)",
+        return Ok(format!(
+            "no such image: {wanted}: namespace {} holds no images (namespaces here: {}; choose \
+             one with --namespace)",
             docs.namespace,
             if namespaces.is_empty() {
                 "none".to_string()
@@ -175,7 +197,11 @@ fn not_found_message(docs: &Documents<'_>, wanted: &str) -> Result<String> {
             }
         ));
     }
-    Ok(message)
+    let names = images
+        .iter()
+        .map(|i| i.name.as_str())
+        .filter(|n| !n.starts_with(DANGLING_PREFIX));
+    Ok(names::not_found_message(wanted, names))
 }
 
 #[cfg(test)]
