@@ -832,3 +832,52 @@ fn exports_stay_correct_while_containerd_commits() {
         failures.len()
     );
 }
+
+#[test]
+fn push_uploads_the_stored_blobs_and_manifest_unchanged() {
+    let Some((engine, ctd, _filled)) = start_filled() else {
+        return;
+    };
+    let Ok(registry) = std::env::var("OE_TEST_REGISTRY") else {
+        harness::skip("a push test needs OE_TEST_REGISTRY: run scripts/test.sh");
+        return;
+    };
+    let store = ContainerdStore::open(&ctd.root, MOBY, PlatformChoice::Host).unwrap();
+    for (name, repo) in [
+        (CLASSIC_GZIP, "ctd/classic:gzip"),
+        (MULTI, "ctd/multi:latest"),
+    ] {
+        let image = store.lookup(name).unwrap().remove(0);
+        // The manifest as stored: the platform's manifest of an index.
+        let want = image.stored.as_ref().unwrap().manifest.digest();
+        let remote = format!("{registry}/{repo}");
+        let out = Command::new(BIN)
+            .args(["push", "--store", "containerd", "--data-root"])
+            .arg(&ctd.root)
+            .args([name, &remote])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "push {name}: {}", stderr(&out));
+        let raw = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{remote}"))
+            .output()
+            .unwrap();
+        assert!(
+            raw.status.success(),
+            "{}",
+            String::from_utf8_lossy(&raw.stderr)
+        );
+        assert_eq!(Digest::of(&raw.stdout), want, "{name}: the pushed manifest");
+        docker(&engine.second_host, &["pull", "-q", &remote]);
+        assert_eq!(
+            image_id(&engine.second_host, &remote),
+            image.id.to_string(),
+            "{name}: pulled back"
+        );
+        let _ = Command::new("/usr/bin/docker")
+            .env("DOCKER_HOST", &engine.second_host)
+            .args(["rmi", &remote])
+            .output();
+    }
+}
