@@ -737,6 +737,23 @@ fn auto_reads_the_containerd_docker_runs_and_says_which_store_served() {
         index["manifests"][0]["digest"].as_str().unwrap(),
         ctd.image(CLASSIC_GZIP).digest.to_string()
     );
+    // The engine's own data root: its dockerd runs a containerd for containers only, whose
+    // empty image store is left out, so nothing needs saying.
+    let own = Command::new(BIN)
+        .arg("--data-root")
+        .arg(&engine.data_root)
+        .args(["oe-test/classic:latest", "-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(own.status.success(), "{}", stderr(&own));
+    assert!(
+        engine
+            .data_root
+            .join("containerd/daemon/io.containerd.metadata.v1.bolt/meta.db")
+            .is_file(),
+        "the engine runs its own containerd"
+    );
+    assert!(!stderr(&own).contains("found in"), "{}", stderr(&own));
     // In neither: one message naming both.
     let failed = auto(&["oe-test/nowhere:1"]);
     let err = stderr(&failed);

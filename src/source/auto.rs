@@ -34,6 +34,11 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
 }
 
 /// [`open`] for a Docker data root and the containerd roots to consider (those that exist).
+///
+/// A containerd whose namespace holds no images is left out: a dockerd on its graphdriver
+/// store runs its own containerd for containers only, and its empty image store would only add
+/// noise to every message. One that cannot be read does not stop exports from the others: it
+/// stays in the list as the reason it could not be looked in.
 pub fn open_in(
     options: &SourceOptions,
     docker_root: &std::path::Path,
@@ -43,25 +48,83 @@ pub fn open_in(
     if overlay2::Overlay2Store::present(docker_root) {
         stores.push(Box::new(overlay2::Overlay2Store::open(docker_root)?));
     }
+    let mut empty = None;
+    let mut unreadable: Vec<Unreadable> = Vec::new();
     for root in containerd_roots {
-        stores.push(Box::new(containerd::ContainerdStore::open(
-            root,
-            &options.namespace,
-            options.platform.clone(),
-        )?));
+        let opened =
+            containerd::ContainerdStore::open(root, &options.namespace, options.platform.clone())
+                .and_then(|store| Ok((store.holds_images()?, store)));
+        match opened {
+            Ok((true, store)) => stores.push(Box::new(store)),
+            Ok((false, store)) => {
+                empty.get_or_insert(store);
+            }
+            Err(error) => unreadable.push(Unreadable {
+                what: format!(
+                    "containerd's image store in {} (namespace {})",
+                    root.display(),
+                    options.namespace
+                ),
+                error,
+            }),
+        }
     }
-    match stores.len() {
-        0 => Ok(Box::new(overlay2::Overlay2Store::open(docker_root)?)),
-        1 => Ok(stores.pop().expect("one store")),
-        _ => Ok(Box::new(AutoStore {
-            stores,
+    match (stores.len(), unreadable.len(), empty) {
+        // Nothing holds images: the store whose own message says best why.
+        (0, 0, Some(empty)) => Ok(Box::new(empty)),
+        (0, 0, None) => Ok(Box::new(overlay2::Overlay2Store::open(docker_root)?)),
+        // Only stores that cannot be read: why the first cannot.
+        (0, _, _) => Err(unreadable.remove(0).error),
+        (1, 0, _) => Ok(stores.pop().expect("one store")),
+        (readable, _, _) => Ok(Box::new(AutoStore {
+            announce: readable > 1,
+            stores: stores
+                .into_iter()
+                .chain(
+                    unreadable
+                        .into_iter()
+                        .map(|u| Box::new(u) as Box<dyn ImageStore>),
+                )
+                .collect(),
             chosen: Mutex::new(HashMap::new()),
         })),
     }
 }
 
+/// A store that exists but could not be opened: every lookup misses, saying why.
+struct Unreadable {
+    what: String,
+    error: anyhow::Error,
+}
+
+impl ImageStore for Unreadable {
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    fn lookup(&self, _input: &str) -> Result<Vec<Image>> {
+        Err(NotFound::error(format!(
+            "it could not be read: {:#}",
+            self.error
+        )))
+    }
+
+    fn confirm_unchanged(&self, input: &str, _image: &Image) -> Result<()> {
+        Err(anyhow!(
+            "internal error: {input} cannot come from {}",
+            self.what
+        ))
+    }
+}
+
 /// Several stores, each name looked up in order.
 struct AutoStore {
+    /// Whether several stores could serve an image, so that saying which one did helps.
+    announce: bool,
     stores: Vec<Box<dyn ImageStore>>,
     /// Which store served each input, for [`ImageStore::confirm_unchanged`].
     chosen: Mutex<HashMap<String, usize>>,
@@ -82,8 +145,10 @@ impl ImageStore for AutoStore {
         for (index, store) in self.stores.iter().enumerate() {
             match store.lookup(input) {
                 Ok(images) => {
-                    // Several stores could have served it: say which did.
-                    crate::progress::note(&format!("{input}: found in {}", store.describe()));
+                    if self.announce {
+                        // Several stores could have served it: say which did.
+                        crate::progress::note(&format!("{input}: found in {}", store.describe()));
+                    }
                     self.chosen
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

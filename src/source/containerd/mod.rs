@@ -88,6 +88,11 @@ impl ContainerdStore {
         &self.root.path
     }
 
+    /// Whether the namespace holds any image.
+    pub fn holds_images(&self) -> Result<bool> {
+        Ok(!self.meta.images(&self.namespace)?.is_empty())
+    }
+
     fn documents<'a>(&'a self, meta: &'a MetaDb) -> Documents<'a> {
         Documents {
             root: &self.root,
