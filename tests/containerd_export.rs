@@ -501,6 +501,33 @@ fn names_resolve_as_dockers_containerd_store_takes_them() {
         assert_eq!(blob.compression, BlobCompression::Gzip);
         assert_eq!(blob.path, ctd.blob_path(&blob.digest));
     }
+    // A pulled blob's distribution.source labels are the push's mount sources.
+    let LayerContent::Blob(layer) = &image.layers[0].content else {
+        unreachable!()
+    };
+    ctd.ctr(
+        MOBY,
+        &[
+            "content",
+            "label",
+            &layer.digest.to_string(),
+            "containerd.io/distribution.source.registry.example:5000=team/a,team/b",
+        ],
+    );
+    let relabelled = open(PlatformChoice::Host).lookup(MULTI).unwrap().remove(0);
+    let remote: Vec<(String, String)> = relabelled.layers[0]
+        .remote
+        .iter()
+        .inspect(|r| assert_eq!(r.digest, layer.digest))
+        .map(|r| (r.registry.clone(), r.repository.clone()))
+        .collect();
+    assert_eq!(
+        remote,
+        [
+            ("registry.example:5000".to_string(), "team/a".to_string()),
+            ("registry.example:5000".to_string(), "team/b".to_string())
+        ]
+    );
     // Another namespace holds nothing.
     let other = ContainerdStore::open(&ctd.root, "k8s.io", PlatformChoice::Host).unwrap();
     let err = other
