@@ -184,7 +184,7 @@ fn root_fingerprint(ctd: &Containerd) -> String {
 }
 
 struct Case {
-    name: &'static str,
+    name: String,
     /// What `manifest.json` lists as RepoTags.
     tags: Vec<&'static str>,
     /// Docker 20.10 cannot load zstd layers.
@@ -197,30 +197,29 @@ fn exports_are_what_ctr_exports_and_every_consumer_reads() {
         return;
     };
     let scratch = ctd.scratch();
-    let dangling: &'static str = Box::leak(filled.dangling.clone().into_boxed_str());
     let cases = [
         Case {
-            name: CLASSIC,
+            name: CLASSIC.to_string(),
             tags: vec!["oe-test/classic:latest"],
             docker_loads: true,
         },
         Case {
-            name: CLASSIC_GZIP,
+            name: CLASSIC_GZIP.to_string(),
             tags: vec!["oe-test/classic:gzip"],
             docker_loads: true,
         },
         Case {
-            name: WHITEOUTS_ZSTD,
+            name: WHITEOUTS_ZSTD.to_string(),
             tags: vec!["oe-test/load-whiteouts:zstd"],
             docker_loads: false,
         },
         Case {
-            name: MULTI,
+            name: MULTI.to_string(),
             tags: vec!["oe-test/multi:latest"],
             docker_loads: true,
         },
         Case {
-            name: dangling,
+            name: filled.dangling.clone(),
             tags: vec![],
             docker_loads: true,
         },
@@ -229,7 +228,7 @@ fn exports_are_what_ctr_exports_and_every_consumer_reads() {
     let mut ctr_exports = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let path = scratch.join(format!("ctr-{i}.tar"));
-        ctd.export_with_ctr(case.name, &path);
+        ctd.export_with_ctr(&case.name, &path);
         ctr_exports.push(read_archive(&std::fs::read(&path).unwrap()));
     }
 
@@ -239,20 +238,12 @@ fn exports_are_what_ctr_exports_and_every_consumer_reads() {
         let stored = scratch.join(format!("ours-{i}.tar"));
         let plain = scratch.join(format!("plain-{i}.tar"));
         let layout = scratch.join(format!("layout-{i}"));
-        export_ok(&ctd, &[case.name, "-o", stored.to_str().unwrap()]);
+        let name = case.name.as_str();
+        export_ok(&ctd, &[name, "-o", stored.to_str().unwrap()]);
+        export_ok(&ctd, &["-c", "none", name, "-o", plain.to_str().unwrap()]);
         export_ok(
             &ctd,
-            &["-c", "none", case.name, "-o", plain.to_str().unwrap()],
-        );
-        export_ok(
-            &ctd,
-            &[
-                "--format",
-                "oci-dir",
-                case.name,
-                "-o",
-                layout.to_str().unwrap(),
-            ],
+            &["--format", "oci-dir", name, "-o", layout.to_str().unwrap()],
         );
         archives.push((stored, plain, layout));
     }
@@ -266,7 +257,7 @@ fn exports_are_what_ctr_exports_and_every_consumer_reads() {
     for (case, (ctr_export, (stored, plain, layout))) in
         cases.iter().zip(ctr_exports.iter().zip(&archives))
     {
-        let name = case.name;
+        let name = case.name.as_str();
         let members = read_archive(&std::fs::read(stored).unwrap());
         let config = check_as_stored(&ctd, name, &members, ctr_export, &case.tags);
 
