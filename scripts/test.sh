@@ -2,13 +2,23 @@
 # The project's test command: installs what the tests need, starts two private Docker engines
 # (never the system daemon), builds the test images, runs every test, and cleans up.
 #
-#   sudo scripts/test.sh                  # everything
-#   sudo scripts/test.sh engine           # extra arguments go to `cargo test` (a name filter)
-#   sudo scripts/test.sh --test engine    # only these test targets (and no unit tests)
+#   scripts/test.sh                  # everything (as root, or re-run under sudo)
+#   scripts/test.sh engine           # extra arguments go to `cargo test` (a name filter)
+#   scripts/test.sh --test engine    # only these test targets (and no unit tests)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+
+# Engines, mounts and packages need root. As a user, run again under sudo (which keeps using
+# this user's Rust toolchain, see toolchain.sh); CI=true must survive sudo's clean environment.
+if [ "$(id -u)" -ne 0 ]; then
+	if command -v sudo >/dev/null 2>&1; then
+		exec sudo --preserve-env=CI,TMPDIR "$root/scripts/test.sh" "$@"
+	fi
+	echo "test.sh: the tests start private Docker engines and need root; run this as root" >&2
+	exit 1
+fi
 
 "$root/scripts/install-deps.sh"
 . "$root/scripts/toolchain.sh"

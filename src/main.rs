@@ -4,10 +4,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use oci_export::cache::{self, BlobCache};
-use oci_export::cli::{Args, CacheAction, Command, Compression, LayerArgs, PushArgs, RunArgs};
+use oci_export::cli::{
+    Args, CacheAction, Command, Compression, LayerArgs, PushArgs, RunArgs, UsageError,
+};
 use oci_export::export::plan::Requested;
 use oci_export::export::push::{self, PushRequest};
 use oci_export::export::{run, CacheChoice, ExportRequest};
@@ -26,6 +28,14 @@ fn main() -> ExitCode {
             data_root,
         }) => cache_command(action, cache_dir, data_root),
         Some(Command::Push(push)) => push_command(push),
+        Some(Command::Completions { shell }) => {
+            let mut command = Args::command();
+            clap_complete::generate(shell, &mut command, "oci-export", &mut std::io::stdout());
+            Ok(())
+        }
+        Some(Command::Man) => clap_mangen::Man::new(Args::command())
+            .render(&mut std::io::stdout())
+            .context("writing the manual page"),
         None => export(args),
     };
     match result {
@@ -36,6 +46,10 @@ fn main() -> ExitCode {
                 eprintln!("oci-export: output closed before the archive was complete");
             } else {
                 eprintln!("oci-export: error: {e:#}");
+            }
+            if e.is::<UsageError>() {
+                // As clap's own usage errors.
+                return ExitCode::from(2);
             }
             ExitCode::FAILURE
         }
@@ -71,6 +85,9 @@ fn push_command(args: Box<PushArgs>) -> Result<()> {
     if !args.certs_dir.is_empty() {
         registry.certs_dirs = args.certs_dir.clone();
     }
+    if let Some(delay) = retry_delay_for_tests()? {
+        registry.retry.first_delay = delay;
+    }
     let pushed = push::run(&PushRequest {
         image: args.image,
         destination: args.destination,
@@ -87,6 +104,23 @@ fn push_command(args: Box<PushArgs>) -> Result<()> {
     // The one line on stdout, as crane prints it: what a script needs to pin the image.
     println!("{pushed}");
     Ok(())
+}
+
+/// `OCI_EXPORT_RETRY_DELAY_MS`: the wait after a push's first failed attempt, in milliseconds
+/// (default 1000; each further failure doubles it, and a registry's `Retry-After` is honoured
+/// as ever). For the tests only, which inject dozens of failures and must not sleep through
+/// real backoffs; deliberately not a flag, since no user needs it.
+const RETRY_DELAY_VAR: &str = "OCI_EXPORT_RETRY_DELAY_MS";
+
+fn retry_delay_for_tests() -> Result<Option<std::time::Duration>> {
+    let Some(value) = std::env::var_os(RETRY_DELAY_VAR) else {
+        return Ok(None);
+    };
+    let ms: u64 = value
+        .to_str()
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("{RETRY_DELAY_VAR}={value:?}: not a number of milliseconds"))?;
+    Ok(Some(std::time::Duration::from_millis(ms)))
 }
 
 /// Progress goes to stderr only when it is a terminal, and never with `-q`.

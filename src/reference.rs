@@ -23,6 +23,12 @@ pub struct Reference {
     pub path: String,
     pub tag: Option<String>,
     pub digest: Option<Digest>,
+    /// Whether the store this reference came from spells names in full (containers-storage
+    /// keeps `docker.io/library/alpine:3.19`, where Docker keeps `alpine:3.19`). An archive
+    /// records a name the way its store spells it ([`Reference::recorded_string`]), so that
+    /// loading it back into that kind of engine gives the same name: `podman load` reads
+    /// `alpine:3.19` as `localhost/alpine:3.19`.
+    pub qualified: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -102,6 +108,7 @@ impl Reference {
             path,
             tag: tag.map(str::to_string),
             digest,
+            qualified: false,
         })
     }
 
@@ -135,6 +142,28 @@ impl Reference {
     /// `alpine@sha256:…`, or both.
     pub fn familiar_string(&self) -> String {
         self.render(self.familiar_name())
+    }
+
+    /// The same reference, from a store that spells names in full.
+    pub fn qualified(mut self) -> Self {
+        self.qualified = true;
+        self
+    }
+
+    /// The repository name as an archive's `manifest.json` and `repositories` record it: the
+    /// familiar name for Docker's names, the full name for those of a store that spells them
+    /// so ([`Reference::qualified`]).
+    pub fn recorded_name(&self) -> String {
+        if self.qualified {
+            self.full_name()
+        } else {
+            self.familiar_name()
+        }
+    }
+
+    /// The reference as an archive's `RepoTags` record it (see [`Reference::recorded_name`]).
+    pub fn recorded_string(&self) -> String {
+        self.render(self.recorded_name())
     }
 
     /// The fully qualified reference, as `docker save` writes in `io.containerd.image.name`.
@@ -305,6 +334,22 @@ mod tests {
                 "{input}"
             );
         }
+    }
+
+    #[test]
+    fn recorded_as_the_store_spells_it() {
+        let docker = Reference::parse("docker.io/library/alpine:3.19").unwrap();
+        assert_eq!(docker.recorded_string(), "alpine:3.19");
+        assert_eq!(docker.recorded_name(), "alpine");
+        let podman = docker.clone().qualified();
+        assert_eq!(podman.recorded_string(), "docker.io/library/alpine:3.19");
+        assert_eq!(podman.recorded_name(), "docker.io/library/alpine");
+        // Only the spelling differs.
+        assert_eq!(podman.full_string(), docker.full_string());
+        assert_eq!(podman.familiar_string(), docker.familiar_string());
+        let local = Reference::parse("localhost/app:1.4").unwrap();
+        assert_eq!(local.recorded_string(), "localhost/app:1.4");
+        assert_eq!(local.qualified().recorded_string(), "localhost/app:1.4");
     }
 
     #[test]

@@ -73,7 +73,11 @@ const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 /// The compression options to test, with the media type each must produce: every encoder this
 /// build has.
 fn codecs() -> Vec<(Vec<&'static str>, &'static str)> {
-    let mut all = vec![(vec!["-c", "gzip"], GZIP), (vec!["-c", "zstd"], ZSTD)];
+    let mut all = vec![
+        (vec!["-c", "gzip"], GZIP),
+        (vec!["-c", "gzip", "--gzip-encoder", "zlib"], GZIP),
+        (vec!["-c", "zstd"], ZSTD),
+    ];
     if cfg!(feature = "isal") {
         all.push((vec!["-c", "gzip", "--gzip-encoder", "isal"], GZIP));
     }
@@ -450,9 +454,9 @@ fn the_gzip_encoder_needs_gzip_and_isal_needs_an_isal_build() {
     ));
     if cfg!(feature = "isal") {
         assert!(isal.status.success());
-        let zlib = run_ok(&sample_args(root, &["-c", "gzip", "--no-cache", "sample"]));
+        let sirocco = run_ok(&sample_args(root, &["-c", "gzip", "--no-cache", "sample"]));
         assert!(
-            isal.stdout != zlib.stdout,
+            isal.stdout != sirocco.stdout,
             "each encoder writes its own blobs"
         );
     } else {
@@ -461,6 +465,51 @@ fn the_gzip_encoder_needs_gzip_and_isal_needs_an_isal_build() {
         let err = String::from_utf8_lossy(&isal.stderr);
         assert!(err.contains("without the ISA-L gzip encoder"), "{err}");
     }
+}
+
+#[test]
+fn the_default_gzip_encoder_is_sirocco_at_level_1_and_zlib_writes_other_blobs() {
+    let root = sample_root();
+    let root = root.to_str().unwrap();
+    let export = |extra: &[&str]| {
+        let mut args = vec!["-c", "gzip", "--no-cache"];
+        args.extend_from_slice(extra);
+        args.push("sample");
+        run_ok(&sample_args(root, &args)).stdout
+    };
+    let default = export(&[]);
+    assert!(default == export(&["--gzip-encoder", "sirocco", "--level", "1"]));
+    let zlib = export(&["--gzip-encoder", "zlib"]);
+    assert!(default != zlib, "each encoder writes its own blobs");
+    assert!(zlib == export(&["--gzip-encoder", "zlib", "--level", "6"]));
+    verify_compressed(&read_archive(&default), GZIP);
+    verify_compressed(&read_archive(&zlib), GZIP);
+
+    // Each is its own algorithm in the cache: a sirocco entry is never served to zlib.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    for (encoder, want) in [("sirocco", &default), ("zlib", &zlib)] {
+        let args = [
+            "-c",
+            "gzip",
+            "--gzip-encoder",
+            encoder,
+            "--cache-dir",
+            cache,
+            "sample",
+        ];
+        let out = run_ok(&sample_args(root, &args)).stdout;
+        assert!(&out == want, "{encoder}: the cache changes nothing");
+    }
+    let algorithms: std::collections::BTreeSet<String> = cache_entries(Path::new(cache))
+        .iter()
+        .map(|e| e["algorithm"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        algorithms.into_iter().collect::<Vec<_>>(),
+        ["gzip", "gzip-sirocco"]
+    );
 }
 
 #[test]
@@ -474,10 +523,22 @@ fn level_without_compression_or_out_of_range_is_refused() {
         ),
         (
             &["-c", "gzip", "--level", "42", "sample"][..],
-            "gzip level 42 is out of range 1..=9",
+            "gzip-sirocco level 42 is out of range 1..=9",
         ),
         (
             &["-c", "gzip", "--level", "0", "sample"][..],
+            "gzip-sirocco level 0 is out of range 1..=9",
+        ),
+        (
+            &[
+                "-c",
+                "gzip",
+                "--gzip-encoder",
+                "zlib",
+                "--level",
+                "0",
+                "sample",
+            ][..],
             "gzip level 0 is out of range 1..=9",
         ),
         (

@@ -348,7 +348,7 @@ fn missing_overlay2_diff_directory_is_refused() {
 fn missing_tar_split_is_refused() {
     let s = Sample::new();
     fs::remove_file(s.tar_split_path(s.top())).unwrap();
-    s.expect_failure(&[&top_layer(&s), "no tar-split.json.gz"]);
+    s.expect_failure(&[&top_layer(&s), "no tar-split record"]);
 }
 
 // ---- image config and repositories.json ---------------------------------------------------

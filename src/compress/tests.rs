@@ -66,7 +66,7 @@ fn available() -> impl Iterator<Item = Algorithm> {
 
 fn decompress(algorithm: Algorithm, data: &[u8]) -> Vec<u8> {
     match algorithm {
-        Algorithm::Gzip | Algorithm::GzipIsal => gunzip(data),
+        Algorithm::Gzip | Algorithm::GzipIsal | Algorithm::GzipSirocco => gunzip(data),
         Algorithm::Zstd => unzstd(data),
     }
 }
@@ -96,6 +96,10 @@ fn algorithm_names_parse_and_display() {
         "gzip-isal".parse::<Algorithm>().unwrap(),
         Algorithm::GzipIsal
     );
+    assert_eq!(
+        "gzip-sirocco".parse::<Algorithm>().unwrap(),
+        Algorithm::GzipSirocco
+    );
     assert!("GZIP".parse::<Algorithm>().is_err());
     assert!("xz".parse::<Algorithm>().is_err());
 }
@@ -107,6 +111,7 @@ fn media_types() {
         "application/vnd.oci.image.layer.v1.tar+gzip"
     );
     assert_eq!(Algorithm::GzipIsal.media_type(), MEDIA_TYPE_LAYER_GZIP);
+    assert_eq!(Algorithm::GzipSirocco.media_type(), MEDIA_TYPE_LAYER_GZIP);
     assert_eq!(
         Algorithm::Zstd.media_type(),
         "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -177,6 +182,8 @@ fn output_is_identical_for_any_job_count_on_machine_code() {
     let mut data = std::fs::read(std::env::current_exe().unwrap()).unwrap();
     data.truncate(64 * BLOCK_SIZE + 3);
     let cases = [
+        (Algorithm::GzipSirocco, 1),
+        (Algorithm::GzipSirocco, 6),
         (Algorithm::Gzip, 1),
         (Algorithm::Gzip, 6),
         (Algorithm::GzipIsal, 1),
@@ -268,7 +275,7 @@ fn levels_change_the_output_but_all_round_trip() {
         let mut digests = Vec::new();
         let levels = match alg {
             Algorithm::GzipIsal => [0, 1, 3],
-            Algorithm::Gzip | Algorithm::Zstd => [1, 6, 9],
+            Algorithm::Gzip | Algorithm::GzipSirocco | Algorithm::Zstd => [1, 6, 9],
         };
         for level in levels {
             let (out, blob) = compress_to_vec(&settings(alg, level, 2), &data).unwrap();
@@ -283,20 +290,27 @@ fn levels_change_the_output_but_all_round_trip() {
 #[test]
 fn gzip_header_and_trailer() {
     let data = sample(3 * BLOCK_SIZE + 100, 9);
-    let (out, _) = compress_to_vec(&settings(Algorithm::Gzip, 6, 2), &data).unwrap();
-    assert_eq!(&out[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
-    let n = out.len();
-    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, &data) as u32;
-    assert_eq!(&out[n - 8..n - 4], &crc.to_le_bytes());
-    assert_eq!(&out[n - 4..], &(data.len() as u32).to_le_bytes());
+    // The XFL byte says "fastest" for level 1 and nothing for level 6, as gzip writes it.
+    for (alg, level, xfl) in [
+        (Algorithm::Gzip, 6, 0),
+        (Algorithm::GzipSirocco, 1, 4),
+        (Algorithm::GzipSirocco, 6, 0),
+    ] {
+        let (out, _) = compress_to_vec(&settings(alg, level, 2), &data).unwrap();
+        assert_eq!(&out[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255]);
+        let n = out.len();
+        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, &data) as u32;
+        assert_eq!(&out[n - 8..n - 4], &crc.to_le_bytes());
+        assert_eq!(&out[n - 4..], &(data.len() as u32).to_le_bytes());
 
-    // One member, not many: a plain single-member reader sees all of it.
-    let mut all = Vec::new();
-    flate2::read::MultiGzDecoder::new(&out[..])
-        .read_to_end(&mut all)
-        .unwrap();
-    assert!(all == data);
-    assert!(gunzip(&out) == data);
+        // One member, not many: a plain single-member reader sees all of it.
+        let mut all = Vec::new();
+        flate2::read::MultiGzDecoder::new(&out[..])
+            .read_to_end(&mut all)
+            .unwrap();
+        assert!(all == data, "{alg}");
+        assert!(gunzip(&out) == data, "{alg}");
+    }
 }
 
 #[test]
@@ -309,6 +323,12 @@ fn gzip_of_empty_input_is_a_valid_empty_stream() {
     );
     assert_eq!(blob.size, 20);
     assert!(gunzip(&out).is_empty());
+    // sirocco writes the same empty block; only XFL differs (level 1 is "fastest").
+    let (out, _) = compress_to_vec(&settings(Algorithm::GzipSirocco, 1, 3), &[]).unwrap();
+    assert_eq!(
+        out,
+        [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
 }
 
 #[test]
@@ -325,6 +345,29 @@ fn gzip_ratio_is_close_to_a_serial_stream() {
         parallel.len(),
         serial.len()
     );
+}
+
+#[test]
+fn sirocco_blocks_cost_little_ratio_without_a_dictionary() {
+    // Blocks compressed on their own lose the matches across block boundaries; on tar-like
+    // data that must stay small next to sirocco's own serial stream.
+    let data = sample(16 * BLOCK_SIZE, 21);
+    for level in [1, 6] {
+        let (parallel, _) =
+            compress_to_vec(&settings(Algorithm::GzipSirocco, level, 4), &data).unwrap();
+        let level_u8 = u8::try_from(level).unwrap();
+        let serial = sirocco::compress(
+            sirocco::Format::Gzip,
+            sirocco::deflate::Level::new(level_u8),
+            &data,
+        );
+        assert!(
+            parallel.len() as f64 <= serial.len() as f64 * 1.01,
+            "level {level}: parallel {} vs serial {}",
+            parallel.len(),
+            serial.len()
+        );
+    }
 }
 
 #[test]
@@ -440,7 +483,10 @@ fn run_tool(program: &str, args: &[&str], input: &[u8]) -> Option<Vec<u8>> {
 #[test]
 fn standard_tools_decompress_the_output() {
     let data = sample(4 * BLOCK_SIZE + 999, 31);
-    let tools: [(Algorithm, &str, &[&str]); 7] = [
+    let tools: [(Algorithm, &str, &[&str]); 10] = [
+        (Algorithm::GzipSirocco, "gzip", &["-dc"]),
+        (Algorithm::GzipSirocco, "pigz", &["-dc"]),
+        (Algorithm::GzipSirocco, "python3", &["-c", PY_GUNZIP]),
         (Algorithm::Gzip, "gzip", &["-dc"]),
         (Algorithm::Gzip, "pigz", &["-dc"]),
         (Algorithm::Zstd, "zstd", &["-dc"]),
@@ -463,15 +509,127 @@ const PY_GUNZIP: &str =
     "import gzip, sys; sys.stdout.buffer.write(gzip.decompress(sys.stdin.buffer.read()))";
 
 #[test]
-fn the_two_gzip_encoders_write_different_blobs_of_the_same_layer() {
+fn each_gzip_encoder_writes_its_own_blobs_of_the_same_layer() {
     if !Algorithm::GzipIsal.is_available() {
         let err = settings(Algorithm::GzipIsal, 1, 1).validate().unwrap_err();
         assert!(err.to_string().contains("--features isal"), "{err}");
-        return;
     }
     let data = sample(3 * BLOCK_SIZE + 7, 37);
-    let (zlib, zlib_blob) = compress_to_vec(&settings(Algorithm::Gzip, 1, 2), &data).unwrap();
-    let (isal, isal_blob) = compress_to_vec(&settings(Algorithm::GzipIsal, 1, 2), &data).unwrap();
-    assert_ne!(zlib_blob.digest, isal_blob.digest);
-    assert!(gunzip(&zlib) == data && gunzip(&isal) == data);
+    let gzips = [Algorithm::GzipSirocco, Algorithm::Gzip, Algorithm::GzipIsal];
+    let mut digests = Vec::new();
+    for alg in gzips.into_iter().filter(|a| a.is_available()) {
+        let (out, blob) = compress_to_vec(&settings(alg, 1, 2), &data).unwrap();
+        assert!(gunzip(&out) == data, "{alg}");
+        digests.push(blob.digest);
+    }
+    let count = digests.len();
+    digests.sort();
+    digests.dedup();
+    assert_eq!(digests.len(), count, "every encoder has its own bytes");
+}
+
+/// The SHA-256 of sirocco's blobs of a fixed input, at levels 1 and 6: the encoder's bytes are
+/// its identity in registries and the blob cache, so a sirocco upgrade that changes them must
+/// not go unnoticed (it needs a new `Algorithm` name, or every cached `gzip-sirocco` blob
+/// would differ from a fresh export's).
+#[test]
+fn sirocco_writes_the_bytes_it_always_wrote() {
+    let data = sample(5 * BLOCK_SIZE + 4321, 41);
+    let expected = [
+        (
+            1,
+            "132f7bced6b2199cac995f4c5ab1d62980181bb7386e384a2e496b2b648db5a0",
+        ),
+        (
+            6,
+            "72032fa798cc38ec484e0f1e0740c423c75955631c50e91e8493216f76e03d0c",
+        ),
+    ];
+    for (level, want) in expected {
+        let (out, blob) =
+            compress_to_vec(&settings(Algorithm::GzipSirocco, level, 2), &data).unwrap();
+        assert!(gunzip(&out) == data);
+        assert_eq!(blob.digest.hex(), want, "level {level}");
+    }
+}
+
+/// A small random-input round trip in the spirit of a fuzzer: inputs of random length made of
+/// random mixtures (noise, runs, repeats at random distances, text), compressed by every gzip
+/// encoder at random levels and job counts in random write sizes, must decompress to the input
+/// and equal the one-job, one-write output. Seeded, so a failure repeats.
+#[test]
+fn randomized_gzip_round_trips() {
+    let mut rng = XorShift(0x5eed_0f9a_u64);
+    let gzips = [Algorithm::GzipSirocco, Algorithm::Gzip, Algorithm::GzipIsal];
+    for case in 0..60 {
+        let data = random_input(&mut rng, case);
+        for alg in gzips.into_iter().filter(|a| a.is_available()) {
+            let levels = alg.levels();
+            let span = (levels.end() - levels.start() + 1) as u64;
+            let level = levels.start() + (rng.next() % span) as i32;
+            let jobs = 1 + (rng.next() % 4) as usize;
+            let reference = compress_to_vec(&settings(alg, level, 1), &data).unwrap();
+            let mut out = Vec::new();
+            let mut c = Compressor::new(&settings(alg, level, jobs), &mut out).unwrap();
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let n = (1 + (rng.next() % 300_000) as usize).min(rest.len());
+                c.write_all(&rest[..n]).unwrap();
+                rest = &rest[n..];
+            }
+            c.finish().unwrap();
+            let what = format!(
+                "case {case}: {alg} -{level}, {jobs} jobs, {} bytes",
+                data.len()
+            );
+            assert!(out == reference.0, "{what}: not the one-job bytes");
+            assert!(gunzip(&out) == data, "{what}: round trip");
+        }
+    }
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Up to ~1 MiB (a few 128 KiB blocks) of a random mixture; every tenth case is short, and some
+/// end exactly on a block boundary.
+fn random_input(rng: &mut XorShift, case: usize) -> Vec<u8> {
+    let len = match case % 10 {
+        0 => (rng.next() % 300) as usize,
+        1 => BLOCK_SIZE * (1 + (rng.next() % 4) as usize),
+        _ => (rng.next() % (8 * BLOCK_SIZE as u64)) as usize,
+    };
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        let piece = 1 + (rng.next() % 20_000) as usize;
+        match rng.next() % 4 {
+            0 => data.extend((0..piece).map(|_| rng.next() as u8)),
+            1 => {
+                let byte = rng.next() as u8;
+                data.extend(std::iter::repeat_n(byte, piece));
+            }
+            2 if !data.is_empty() => {
+                // A repeat from up to 64 KiB back: within a block, or across blocks.
+                let back = 1 + (rng.next() % 65_536) as usize % data.len();
+                let from = data.len() - back;
+                for i in 0..piece {
+                    data.push(data[from + i % back]);
+                }
+            }
+            _ => {
+                let word = format!("{:x} ", rng.next() % 1000);
+                data.extend_from_slice(word.repeat(1 + piece / word.len()).as_bytes());
+            }
+        }
+    }
+    data.truncate(len);
+    data
 }

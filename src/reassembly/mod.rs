@@ -159,8 +159,10 @@ pub fn missing_tar_split(layer: &Layer) -> String {
             "its blob {digest} is not in the content store (another platform's, skipped at \
              pull, or removed), and nothing else holds the layer's exact bytes"
         ),
-        _ => "it has no tar-split.json.gz, the record needed to rebuild the layer byte for byte \
-              (Docker itself cannot save it either)"
+        // Store-neutral: the origin names the store's own file (Docker's tar-split.json.gz,
+        // containers-storage's <id>.tar-split.gz).
+        _ => "it has no tar-split record, needed to rebuild the layer byte for byte (the \
+              engine itself cannot save it byte for byte either)"
             .to_string(),
     };
     format!(

@@ -213,13 +213,13 @@ fn plan_in_order(
             for tag in &image.tags {
                 if let Some(t) = &tag.tag {
                     repositories
-                        .entry(tag.familiar_name())
+                        .entry(tag.recorded_name())
                         .or_default()
                         .insert(t.clone(), top.diff_id.hex());
                 }
             }
         }
-        let repo_tags: Vec<String> = image.tags.iter().map(|t| t.familiar_string()).collect();
+        let repo_tags: Vec<String> = image.tags.iter().map(|t| t.recorded_string()).collect();
         manifest_items.push(ManifestItem {
             config: blob_path(&image.id),
             repo_tags: (!repo_tags.is_empty()).then_some(repo_tags),
@@ -377,6 +377,46 @@ mod tests {
         assert_eq!(doc("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#);
         let index = doc("index.json");
         assert!(index.contains(r#""annotations":{"io.containerd.image.name":"docker.io/library/app:1.4","org.opencontainers.image.ref.name":"1.4"}"#), "{index}");
+    }
+
+    #[test]
+    fn names_are_recorded_as_their_store_spells_them() {
+        let l1 = Digest::of(b"layer one");
+        let mut image = image("app:1.4", &[l1]);
+        // containers-storage keeps names in full; podman load reads `app:1.4` as
+        // localhost/app:1.4, so the full name is recorded.
+        image.tags = vec![
+            Reference::parse("docker.io/library/app:1.4")
+                .unwrap()
+                .qualified(),
+            Reference::parse("localhost/app:2").unwrap().qualified(),
+        ];
+        let blob_of = HashMap::from([(key(l1), 0)]);
+        let layout = Layout {
+            images: std::slice::from_ref(&image),
+            blob_of: &blob_of,
+        };
+        let plan = layout.plan(vec![tar_blob(l1, 1024)]);
+        let doc = |name: &str| match &plan.entries.iter().find(|e| e.path == name).unwrap().body {
+            Body::Bytes(b) => String::from_utf8(b.clone()).unwrap(),
+            _ => panic!(),
+        };
+        assert!(
+            doc("manifest.json")
+                .contains(r#""RepoTags":["docker.io/library/app:1.4","localhost/app:2"]"#),
+            "{}",
+            doc("manifest.json")
+        );
+        let repositories = doc("repositories");
+        assert!(
+            repositories.contains(r#""docker.io/library/app":{"1.4""#)
+                && repositories.contains(r#""localhost/app":{"2""#),
+            "{repositories}"
+        );
+        // The index names them in full either way.
+        assert!(
+            doc("index.json").contains(r#""io.containerd.image.name":"docker.io/library/app:1.4""#)
+        );
     }
 
     #[test]

@@ -8,13 +8,18 @@
 //! serves it, and with several stores open it says which; a name in none of them is one error
 //! naming every store looked in. daemon.json's `features.containerd-snapshotter: false` keeps
 //! Docker on overlay2, so then containerd's store, which Docker does not use, is not read.
+//!
+//! containers-storage comes last, and only where its default graph root (as podman would find
+//! it: storage.conf, else `/var/lib/containers/storage` or the rootless one) holds a store:
+//! `--data-root` with `auto` is Docker's data root, and a Docker user's names are Docker's.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, Result};
 
+use super::containers_storage::ContainersStorageStore;
 use super::daemon_json::DaemonJson;
 use super::{containerd, data_root, overlay2, ImageStore, NotFound, SourceOptions};
 use crate::model::Image;
@@ -30,19 +35,26 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
     } else {
         containerd::root::docker_roots(&docker_root, &daemon_json)
     };
-    open_in(options, &docker_root, &containerd_roots)
+    open_in(
+        options,
+        &docker_root,
+        &containerd_roots,
+        containers_storage(),
+    )
 }
 
-/// [`open`] for a Docker data root and the containerd roots to consider (those that exist).
+/// [`open`] for a Docker data root, the containerd roots to consider (those that exist) and
+/// podman's store, if there is one.
 ///
 /// A containerd whose namespace holds no images is left out: a dockerd on its graphdriver
 /// store runs its own containerd for containers only, and its empty image store would only add
-/// noise to every message. One that cannot be read does not stop exports from the others: it
-/// stays in the list as the reason it could not be looked in.
-pub fn open_in(
+/// noise to every message. A store that cannot be read does not stop exports from the others:
+/// it stays in the list as the reason it could not be looked in.
+fn open_in(
     options: &SourceOptions,
-    docker_root: &std::path::Path,
+    docker_root: &Path,
     containerd_roots: &[PathBuf],
+    podman: Option<Result<ContainersStorageStore, Unreadable>>,
 ) -> Result<Box<dyn ImageStore>> {
     let mut stores: Vec<Box<dyn ImageStore>> = Vec::new();
     if overlay2::Overlay2Store::present(docker_root) {
@@ -60,20 +72,26 @@ pub fn open_in(
                 empty.get_or_insert(store);
             }
             Err(error) => unreadable.push(Unreadable {
-                what: format!(
+                description: format!(
                     "containerd's image store in {} (namespace {})",
                     root.display(),
                     options.namespace
                 ),
+                root: root.clone(),
                 error,
             }),
         }
+    }
+    match podman {
+        None => {}
+        Some(Ok(store)) => stores.push(Box::new(store)),
+        Some(Err(store)) => unreadable.push(store),
     }
     match (stores.len(), unreadable.len(), empty) {
         // Nothing holds images: the store whose own message says best why.
         (0, 0, Some(empty)) => Ok(Box::new(empty)),
         (0, 0, None) => Ok(Box::new(overlay2::Overlay2Store::open(docker_root)?)),
-        // Only stores that cannot be read: why the first cannot.
+        // Only stores that cannot be read: the first one's own error is the one to see.
         (0, _, _) => Err(unreadable.remove(0).error),
         (1, 0, _) => Ok(stores.pop().expect("one store")),
         (readable, _, _) => Ok(Box::new(AutoStore {
@@ -91,32 +109,47 @@ pub fn open_in(
     }
 }
 
-/// A store that exists but could not be opened: every lookup misses, saying why.
+/// podman's store, where its default graph root holds one. One that cannot be opened (not
+/// root, a broken storage.conf) must not stop exports from Docker's stores: its error is the
+/// answer only for names no other store holds.
+fn containers_storage() -> Option<Result<ContainersStorageStore, Unreadable>> {
+    let graph_root = ContainersStorageStore::default_graph_root().ok()?;
+    if !ContainersStorageStore::present(&graph_root) {
+        return None;
+    }
+    Some(
+        ContainersStorageStore::open(None).map_err(|error| Unreadable {
+            description: format!("containers-storage in {}", graph_root.display()),
+            root: graph_root,
+            error,
+        }),
+    )
+}
+
+/// A store that exists but cannot be read.
 struct Unreadable {
-    what: String,
+    description: String,
+    root: PathBuf,
     error: anyhow::Error,
 }
 
 impl ImageStore for Unreadable {
     fn describe(&self) -> String {
-        self.what.clone()
+        self.description.clone()
     }
 
     fn roots(&self) -> Vec<PathBuf> {
-        Vec::new()
+        vec![self.root.clone()]
     }
 
     fn lookup(&self, _input: &str) -> Result<Vec<Image>> {
-        Err(NotFound::error(format!(
-            "it could not be read: {:#}",
-            self.error
-        )))
+        Err(NotFound::error(format!("cannot be read: {:#}", self.error)))
     }
 
     fn confirm_unchanged(&self, input: &str, _image: &Image) -> Result<()> {
         Err(anyhow!(
             "internal error: {input} cannot come from {}",
-            self.what
+            self.description
         ))
     }
 }

@@ -10,6 +10,7 @@
 
 mod auto;
 pub mod containerd;
+pub mod containers_storage;
 pub mod daemon_json;
 pub mod names;
 pub mod overlay2;
@@ -63,7 +64,8 @@ impl NotFound {
 /// Which store to read (`--store`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
-    /// The store Docker uses: its overlay2 store where that holds the image, else containerd's.
+    /// The store Docker uses: its overlay2 store where that holds the image, else containerd's;
+    /// then podman's default containers-storage store.
     Auto,
     /// Docker's overlay2 graphdriver store (`--data-root`: Docker's data root).
     Overlay2,
@@ -101,15 +103,9 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
             &options.namespace,
             options.platform.clone(),
         )?)),
-        StoreKind::ContainersStorage => {
-            anyhow::bail!(
-                "--store {}: not supported yet",
-                options
-                    .kind
-                    .to_possible_value()
-                    .map_or_else(String::new, |v| v.get_name().to_string())
-            )
-        }
+        StoreKind::ContainersStorage => Ok(Box::new(
+            containers_storage::ContainersStorageStore::open(options.root.as_deref())?,
+        )),
     }
 }
 

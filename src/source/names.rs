@@ -31,6 +31,40 @@ pub fn not_found_message<'a>(wanted: &str, names: impl IntoIterator<Item = &'a s
     msg
 }
 
+/// [`not_found_message`] for a store that keeps names in full (`localhost/myapp:1.4`), where
+/// users type short ones (`myapp:1.4`): each name is compared with what was typed in full and
+/// in the short form `shorten` gives it, and suggested in full.
+pub fn not_found_message_shortened<'a>(
+    wanted: &str,
+    names: impl IntoIterator<Item = &'a str>,
+    shorten: impl Fn(&'a str) -> &'a str,
+) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    let mut scored: Vec<(usize, &str)> = names
+        .iter()
+        .filter_map(|&name| {
+            [name, shorten(name)]
+                .into_iter()
+                .map(|form| (edit_distance(wanted, form), form))
+                .filter(|(d, form)| *d <= wanted.len().max(form.len()) / 2 + 1)
+                .map(|(d, _)| d)
+                .min()
+                .map(|d| (d, name))
+        })
+        .collect();
+    scored.sort();
+    scored.dedup_by(|a, b| a.1 == b.1);
+    let mut msg = format!("no such image: {wanted}");
+    if !scored.is_empty() {
+        let close: Vec<&str> = scored.iter().take(5).map(|(_, n)| *n).collect();
+        msg.push_str("; closest names the engine has: ");
+        msg.push_str(&close.join(", "));
+    } else if names.is_empty() {
+        msg.push_str(" (the store has no tagged images)");
+    }
+    msg
+}
+
 /// Levenshtein distance over bytes (names are ASCII).
 pub fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -81,6 +115,41 @@ mod tests {
         assert_eq!(
             not_found_message("qqqqqqqqqqqq:1", names),
             "no such image: qqqqqqqqqqqq:1"
+        );
+    }
+
+    #[test]
+    fn suggestions_for_full_names() {
+        let names = [
+            "localhost/myapp:1.4",
+            "docker.io/library/alpine:3.19",
+            "quay.io/org/tool:2",
+        ];
+        let shorten = |n: &'static str| {
+            n.strip_prefix("localhost/")
+                .or_else(|| n.strip_prefix("docker.io/library/"))
+                .unwrap_or(n)
+        };
+        assert_eq!(
+            not_found_message_shortened("myap:1.4", names, shorten),
+            "no such image: myap:1.4; closest names the engine has: localhost/myapp:1.4"
+        );
+        assert_eq!(
+            not_found_message_shortened("alpin:3.19", names, shorten),
+            "no such image: alpin:3.19; closest names the engine has: \
+             docker.io/library/alpine:3.19"
+        );
+        assert_eq!(
+            not_found_message_shortened("quay.io/org/tol:2", names, shorten),
+            "no such image: quay.io/org/tol:2; closest names the engine has: quay.io/org/tool:2"
+        );
+        assert_eq!(
+            not_found_message_shortened("zzzzzzzz:9", names, shorten),
+            "no such image: zzzzzzzz:9"
+        );
+        assert_eq!(
+            not_found_message_shortened("x", std::iter::empty(), shorten),
+            "no such image: x (the store has no tagged images)"
         );
     }
 

@@ -155,7 +155,9 @@ impl Containerd {
             .digest;
         let dangling = format!("moby-dangling@{target}");
         self.ctr(MOBY, &["images", "tag", whiteouts, &dangling]);
-        self.ctr(MOBY, &["images", "rm", whiteouts]);
+        // --sync: the garbage collection the removal starts has finished when it returns, so
+        // later reads of the store do not race it (unreferenced blobs vanishing).
+        self.ctr(MOBY, &["images", "rm", "--sync", whiteouts]);
         Some(Filled {
             archives,
             archive_dir: out_dir,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::http1::{read_body, read_head, respond};
+use super::http1::{is_chunked, read_body, read_chunked_body, read_head, respond};
 
 /// What a rule does to the requests it matches.
 #[derive(Clone, Debug)]
@@ -227,6 +227,16 @@ fn serve(shared: &Shared, listener: &'static str, stream: TcpStream) -> std::io:
     };
     let at = Instant::now();
     let (method, target) = head.method_and_target();
+    // A chunked body (docker push's) is read whole first and forwarded with a Content-Length:
+    // rules see its length, and the registry one plain body.
+    let mut reader: Box<dyn Read + Send> = if is_chunked(&head) {
+        let body = read_chunked_body(&mut reader)?;
+        head.remove_header("Transfer-Encoding");
+        head.set_header("Content-Length", &body.len().to_string());
+        Box::new(std::io::Cursor::new(body))
+    } else {
+        Box::new(reader)
+    };
     let length = head.content_length();
     let rules: Vec<Rule> = {
         let rules = shared.rules.lock().unwrap();

@@ -96,7 +96,7 @@ pub fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> 
 }
 
 /// Reads exactly `len` body bytes.
-pub fn read_body(reader: &mut BufReader<TcpStream>, len: u64) -> io::Result<Vec<u8>> {
+pub fn read_body(reader: &mut impl Read, len: u64) -> io::Result<Vec<u8>> {
     let mut body = Vec::with_capacity(len.min(64 << 20) as usize);
     reader.take(len).read_to_end(&mut body)?;
     if (body.len() as u64) < len {
@@ -106,6 +106,42 @@ pub fn read_body(reader: &mut BufReader<TcpStream>, len: u64) -> io::Result<Vec<
         ));
     }
     Ok(body)
+}
+
+/// Whether a request's body comes in chunks (`Transfer-Encoding: chunked`, as docker push
+/// sends a layer) rather than with a Content-Length.
+pub fn is_chunked(head: &Head) -> bool {
+    head.header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+}
+
+/// Reads a chunked body to its end (the last chunk and any trailer fields), decoded.
+pub fn read_chunked_body(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let cut_short = || io::Error::new(io::ErrorKind::UnexpectedEof, "chunked body cut short");
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(cut_short());
+        }
+        let size = line.split(';').next().unwrap_or("").trim();
+        let size = u64::from_str_radix(size, 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+        if size == 0 {
+            // Trailer fields, up to an empty line.
+            loop {
+                let mut trailer = String::new();
+                if reader.read_line(&mut trailer)? == 0 || trailer.trim_end().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        body.extend(read_body(reader, size)?);
+        let mut crlf = String::new();
+        if reader.read_line(&mut crlf)? == 0 {
+            return Err(cut_short());
+        }
+    }
 }
 
 /// Writes a whole response and closes the connection's write side.

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod fault_proxy;
 pub mod http1;
 pub mod pki;
+pub mod podman;
 pub mod registry;
 pub mod token_server;
 

@@ -33,6 +33,8 @@ pub struct Config<'a> {
     pub relative_urls: bool,
     /// With `tls`: accept only clients with a certificate from the PKI's CA.
     pub require_client_cert: bool,
+    /// `storage.maintenance.readonly`: reads work, every upload is refused (405).
+    pub readonly: bool,
 }
 
 impl Default for Config<'_> {
@@ -42,6 +44,7 @@ impl Default for Config<'_> {
             tls: None,
             relative_urls: false,
             require_client_cert: false,
+            readonly: false,
         }
     }
 }
@@ -101,9 +104,11 @@ impl RegistryServer {
         let addr = format!("127.0.0.1:{port}");
         let mut yaml = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  \
-             filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: \
-             {addr}\n  secret: oe-test-secret\n  relativeurls: {}\n",
+             filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    \
+             readonly:\n      enabled: {}\nhttp:\n  addr: {addr}\n  secret: oe-test-secret\n  \
+             relativeurls: {}\n",
             dir.path().join("data").display(),
+            config.readonly,
             config.relative_urls
         );
         if let Some(pki) = config.tls {
@@ -199,6 +204,68 @@ impl RegistryServer {
     pub fn storage(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+
+    /// A blob as the registry stores it, if it holds it (in any repository).
+    pub fn stored_blob(&self, digest: &oci_export::digest::Digest) -> Option<Vec<u8>> {
+        let hex = digest.hex();
+        std::fs::read(
+            self.storage()
+                .join("docker/registry/v2/blobs/sha256")
+                .join(&hex[..2])
+                .join(&hex)
+                .join("data"),
+        )
+        .ok()
+    }
+
+    /// Whether the registry holds anything of `repository` (a tag, a layer link, an upload).
+    pub fn has_repository(&self, repository: &str) -> bool {
+        self.storage()
+            .join("docker/registry/v2/repositories")
+            .join(repository)
+            .exists()
+    }
+
+    /// Whether `repository:tag` exists, from the registry's storage (needs no credentials).
+    pub fn has_tag(&self, repository: &str, tag: &str) -> bool {
+        self.storage()
+            .join("docker/registry/v2/repositories")
+            .join(repository)
+            .join("_manifests/tags")
+            .join(tag)
+            .exists()
+    }
+
+    /// Keeps the registry for the rest of the test binary (tests share it, each in
+    /// repositories of its own). A static is never dropped, so it is stopped, and its
+    /// directory removed, when the process exits.
+    pub fn share(self) -> &'static RegistryServer {
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
+        AT_EXIT.call_once(|| {
+            // SAFETY: registering a plain `extern "C"` function with no arguments.
+            unsafe { libc::atexit(stop_shared_registries) };
+        });
+        SHARED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((self.child.id(), self.dir.path().to_path_buf()));
+        Box::leak(Box::new(self))
+    }
+}
+
+/// The shared registries' processes and directories, for [`stop_shared_registries`].
+static SHARED: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn stop_shared_registries() {
+    let shared = std::mem::take(&mut *SHARED.lock().unwrap_or_else(|e| e.into_inner()));
+    for (pid, dir) in shared {
+        // SAFETY: signalling and reaping our own child by its pid.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 impl Drop for RegistryServer {
@@ -265,6 +332,25 @@ pub fn skopeo_inspect_raw(
     }
 }
 
+/// `skopeo inspect docker://<image>`: skopeo's summary (it reads the manifest and the config).
+pub fn skopeo_inspect(
+    scratch: &Path,
+    image: &str,
+    access: &SkopeoAccess,
+) -> Result<serde_json::Value, String> {
+    let out = skopeo(scratch)
+        .arg("inspect")
+        .args(access.args(""))
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("running skopeo");
+    if out.status.success() {
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("skopeo inspect's output: {e}"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// `skopeo copy docker://<image> dir:<dest>`: every blob fetched and checked against its digest.
 pub fn skopeo_copy_to_dir(
     scratch: &Path,
@@ -272,12 +358,32 @@ pub fn skopeo_copy_to_dir(
     access: &SkopeoAccess,
     dest: &Path,
 ) -> Result<(), String> {
+    skopeo_copy(scratch, image, access, &format!("dir:{}", dest.display()))
+}
+
+/// `skopeo copy docker://<image> oci:<dest>`: an OCI layout (blobs/sha256/<hex>), every blob
+/// checked against its digest.
+pub fn skopeo_copy_to_oci(
+    scratch: &Path,
+    image: &str,
+    access: &SkopeoAccess,
+    dest: &Path,
+) -> Result<(), String> {
+    skopeo_copy(scratch, image, access, &format!("oci:{}", dest.display()))
+}
+
+fn skopeo_copy(
+    scratch: &Path,
+    image: &str,
+    access: &SkopeoAccess,
+    dest: &str,
+) -> Result<(), String> {
     let out = skopeo(scratch)
         .arg("copy")
         .arg("--quiet")
         .args(access.args("src-"))
         .arg(format!("docker://{image}"))
-        .arg(format!("dir:{}", dest.display()))
+        .arg(dest)
         .output()
         .expect("running skopeo");
     if out.status.success() {

@@ -9,8 +9,10 @@
 //! thread computes over the blocks as they come back, in order (the SIMD CRC runs at many GB/s,
 //! far cheaper than combining per-block CRCs, which cost ~100 µs per block).
 //!
-//! The deflate itself is an [`Encoder`]'s: zlib-rs in every build (`zlib`), or ISA-L's igzip
-//! in builds with the `isal` feature (`isal`). The framing here is the same for both.
+//! The deflate itself is an [`Encoder`]'s: sirocco (`sirocco`, the default) or zlib-rs
+//! (`zlib`) in every build, or ISA-L's igzip in builds with the `isal` feature (`isal`). The
+//! framing here is the same for all three; sirocco alone compresses each block without the
+//! dictionary (see `sirocco` for why), which the framing allows: a block may ignore it.
 //!
 //! Worker threads compress blocks; the caller's thread buffers input, hands blocks out and
 //! writes results in order. At most `2 × jobs` blocks are in flight, so memory stays bounded
@@ -35,6 +37,7 @@ use super::{blob_of, CompressedBlob, HashingWriter};
 
 #[cfg(feature = "isal")]
 mod isal;
+mod sirocco;
 mod zlib;
 
 /// Uncompressed bytes per block. 128 KiB, as pigz: in the benchmark 1 MiB blocks were no faster
@@ -69,10 +72,13 @@ struct Done {
 
 /// Which deflate implementation compresses the blocks.
 ///
-/// The encoder is part of a blob's identity, like the level: zlib-rs and ISA-L write different
-/// (equally valid) streams for the same input.
+/// The encoder is part of a blob's identity, like the level: each writes different (equally
+/// valid) streams for the same input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Encoder {
+    /// sirocco, levels 1..=9: pure Rust, available in every build, and the fastest there.
+    /// It leaves the dictionary unused (see `sirocco`).
+    Sirocco(u32),
     /// zlib-rs, levels 1..=9: available in every build.
     Zlib(u32),
     /// ISA-L's igzip, levels 0..=3: much faster, only in builds with the `isal` feature.
@@ -83,6 +89,7 @@ impl Encoder {
     /// A compressor for one worker thread.
     fn block_compressor(self) -> io::Result<Box<dyn DeflateBlocks>> {
         match self {
+            Encoder::Sirocco(level) => Ok(Box::new(sirocco::SiroccoBlocks::new(level)?)),
             Encoder::Zlib(level) => Ok(Box::new(zlib::ZlibBlocks::new(level)?)),
             #[cfg(feature = "isal")]
             Encoder::Isal(level) => Ok(Box::new(isal::IsalBlocks::new(level)?)),
@@ -95,17 +102,19 @@ impl Encoder {
     }
 
     /// The gzip header's XFL byte: 2 = best compression, 4 = fastest (RFC 1952), set as gzip,
-    /// pigz and Go set it for zlib's levels; ISA-L is always the fast kind.
+    /// pigz and Go set it for zlib's levels (sirocco has zlib's levels); ISA-L is always the
+    /// fast kind.
     fn extra_flags(self) -> u8 {
         match self {
-            Encoder::Zlib(9) => 2,
-            Encoder::Zlib(1) | Encoder::Isal(_) => 4,
-            Encoder::Zlib(_) => 0,
+            Encoder::Zlib(9) | Encoder::Sirocco(9) => 2,
+            Encoder::Zlib(1) | Encoder::Sirocco(1) | Encoder::Isal(_) => 4,
+            Encoder::Zlib(_) | Encoder::Sirocco(_) => 0,
         }
     }
 }
 
-/// Compresses single blocks as raw deflate, each primed with the previous block's tail.
+/// Compresses single blocks as raw deflate, each primed with the previous block's tail (or not:
+/// an encoder may leave the dictionary unused).
 ///
 /// The contract that keeps gzip output deterministic: the bytes written for a block depend on
 /// `(data, dict, last)` and the encoder's level alone — not on what the compressor did before
@@ -364,7 +373,14 @@ mod tests {
 
     /// Every encoder this build has, at the levels worth checking.
     fn encoders() -> Vec<Encoder> {
-        let mut all = vec![Encoder::Zlib(1), Encoder::Zlib(6), Encoder::Zlib(9)];
+        let mut all = vec![
+            Encoder::Sirocco(1),
+            Encoder::Sirocco(6),
+            Encoder::Sirocco(9),
+            Encoder::Zlib(1),
+            Encoder::Zlib(6),
+            Encoder::Zlib(9),
+        ];
         if cfg!(feature = "isal") {
             all.extend([0, 1, 2, 3].map(Encoder::Isal));
         }
@@ -412,11 +428,21 @@ mod tests {
         assert_eq!(Encoder::Zlib(1).extra_flags(), 4);
         assert_eq!(Encoder::Zlib(9).extra_flags(), 2);
         assert_eq!(Encoder::Isal(3).extra_flags(), 4);
+        assert_eq!(Encoder::Sirocco(1).extra_flags(), 4);
+        assert_eq!(Encoder::Sirocco(6).extra_flags(), 0);
+        assert_eq!(Encoder::Sirocco(9).extra_flags(), 2);
     }
 
     #[test]
     fn bad_levels_are_refused() {
-        for encoder in [Encoder::Zlib(0), Encoder::Zlib(10), Encoder::Isal(4)] {
+        for encoder in [
+            Encoder::Zlib(0),
+            Encoder::Zlib(10),
+            Encoder::Isal(4),
+            Encoder::Sirocco(0),
+            Encoder::Sirocco(10),
+            Encoder::Sirocco(256 + 1),
+        ] {
             assert!(encoder.block_compressor().is_err(), "{encoder:?}");
         }
     }
@@ -453,11 +479,44 @@ mod tests {
             )
             .unwrap();
             assert!(back == data, "{encoder:?}");
-            // The dictionary must actually be used: the stream is far smaller than the input.
+            // Matches are found (across the blocks, for the encoders that use the dictionary):
+            // the stream is far smaller than the input.
             assert!(
                 stream.len() * 10 < data.len(),
                 "{encoder:?}: {}",
                 stream.len()
+            );
+        }
+    }
+
+    #[test]
+    fn the_dictionary_shrinks_zlib_blocks_and_sirocco_ignores_it() {
+        // The second block repeats the first one's last 16 KiB over and over: a dictionary
+        // finds all of it, a block on its own only its repeats of its own first 16 KiB.
+        let first: Vec<u8> = (0..BLOCK_SIZE as u64 / 32)
+            .flat_map(|i| format!("{:>31}\n", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).into_bytes())
+            .collect();
+        let tail = &first[BLOCK_SIZE - 16 * 1024..];
+        let second: Vec<u8> = tail.repeat(BLOCK_SIZE / tail.len());
+        let second = &second[..];
+        let dict = &first[BLOCK_SIZE - DICT_SIZE..];
+        let compressed = |encoder: Encoder, dict: &[u8]| {
+            let mut out = Vec::new();
+            compressor(encoder)
+                .compress(second, dict, true, &mut out)
+                .unwrap();
+            out
+        };
+        for level in [1, 6] {
+            let zlib = Encoder::Zlib(level);
+            assert!(
+                compressed(zlib, dict).len() < compressed(zlib, &[]).len() * 9 / 10,
+                "{zlib:?} uses the dictionary"
+            );
+            let sirocco = Encoder::Sirocco(level);
+            assert!(
+                compressed(sirocco, dict) == compressed(sirocco, &[]),
+                "{sirocco:?} ignores the dictionary"
             );
         }
     }

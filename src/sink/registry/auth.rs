@@ -154,6 +154,9 @@ pub(crate) struct Auth {
     credentials: Option<Credentials>,
     challenge: RwLock<Challenge>,
     tokens: Mutex<HashMap<String, Token>>,
+    /// Held while a token is fetched: the parallel uploads that start a push all need the
+    /// same token at once, and one request to the token server serves them all.
+    fetching: Mutex<()>,
     insecure: bool,
 }
 
@@ -171,6 +174,7 @@ impl Auth {
             credentials,
             challenge: RwLock::new(challenge),
             tokens: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(()),
             insecure,
         }
     }
@@ -199,15 +203,13 @@ impl Auth {
             }),
             Challenge::Bearer { realm, service, .. } => {
                 let key = scopes.key();
-                if let Some(t) = self
-                    .tokens
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&key)
-                {
-                    if Instant::now() < t.renew_at {
-                        return Ok(Some(t.value.clone()));
-                    }
+                if let Some(token) = self.cached_token(&key) {
+                    return Ok(Some(token));
+                }
+                let _one_fetch = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+                // Another thread may have fetched it while this one waited.
+                if let Some(token) = self.cached_token(&key) {
+                    return Ok(Some(token));
                 }
                 let (token, lifetime) =
                     self.fetch_token(transport, &realm, service.as_deref(), scopes)?;
@@ -229,16 +231,31 @@ impl Auth {
         }
     }
 
-    /// Takes in a 401 from the registry. Returns the scopes to send the request again with, if
-    /// that may help: a new or changed challenge, or a token the registry no longer accepts
-    /// (which is dropped). A scope the challenge names is added for this request only (the
-    /// shared challenge keeps none, so that one repository's scope does not leak into the
-    /// tokens for others).
+    /// The cached token for a scope set, unless it is due for renewal.
+    fn cached_token(&self, key: &str) -> Option<Secret> {
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens
+            .get(key)
+            .filter(|t| Instant::now() < t.renew_at)
+            .map(|t| t.value.clone())
+    }
+
+    /// Takes in a 401 from the registry to a request that carried `sent` (its Authorization,
+    /// if any). Returns the scopes to send the request again with, if that may help: a new or
+    /// changed challenge, or a token the registry no longer accepts (expired mid-push). A
+    /// scope the challenge names is added for this request only (the shared challenge keeps
+    /// none, so that one repository's scope does not leak into the tokens for others).
+    ///
+    /// A refused token is dropped only while it is still the cached one: parallel uploads
+    /// send the same token, and when it expires they are all refused at once; the first to
+    /// hear it fetches a new token, and the others must retry with that one rather than give
+    /// up because there was nothing left to drop. The caller sends a request again at most
+    /// once, so a token the registry will never accept costs one more fetch, not a loop.
     pub fn unauthorized(
         &self,
         response: &Response,
         scopes: &Scopes,
-        sent_credentials: bool,
+        sent: Option<&Secret>,
     ) -> Option<Scopes> {
         let offered = parse_challenge(response.header_all("www-authenticate"));
         let (shared, extra) = match offered {
@@ -268,13 +285,16 @@ impl Auth {
         };
         let retry = match shared {
             Challenge::Bearer { .. } => {
-                let dropped = self
-                    .tokens
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&scopes.key())
-                    .is_some();
-                changed || dropped || !sent_credentials || retry_scopes != *scopes
+                let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+                let key = scopes.key();
+                let refused_is_cached = matches!(
+                    (tokens.get(&key), sent),
+                    (Some(cached), Some(sent)) if cached.value.expose() == sent.expose()
+                );
+                if refused_is_cached {
+                    tokens.remove(&key);
+                }
+                true
             }
             Challenge::Basic => {
                 changed && matches!(self.credentials, Some(Credentials::Password { .. }))
@@ -443,6 +463,7 @@ mod tests {
             body: Vec::new(),
             target: Target::parse("http://127.0.0.1:5000/v2/a/blobs/uploads/").unwrap(),
             method: "POST",
+            refused_login: None,
         }
     }
 
@@ -467,7 +488,7 @@ mod tests {
             r#"Bearer realm="{realm}",scope="repository:other:pull",error="insufficient_scope""#
         ));
         let retry = auth
-            .unauthorized(&refused, &Scopes::push("a"), true)
+            .unauthorized(&refused, &Scopes::push("a"), Some(&Secret::new("Bearer t")))
             .unwrap();
         assert_eq!(retry.key(), "repository:a:pull,push repository:other:pull");
         assert_eq!(
@@ -475,16 +496,55 @@ mod tests {
             bearer,
             "the shared challenge keeps no scope"
         );
-        // The same challenge again, for the same scopes, with no token to drop: no retry.
-        let again = unauthorized_answer(&format!(r#"Bearer realm="{realm}""#));
-        assert!(auth
-            .unauthorized(&again, &Scopes::push("a"), true)
-            .is_none());
-        // A Basic challenge with no password to offer: no retry either.
+        // A Basic challenge with no password to offer: no retry.
         let basic = unauthorized_answer(r#"Basic realm="r""#);
         assert!(auth
-            .unauthorized(&basic, &Scopes::push("a"), false)
+            .unauthorized(&basic, &Scopes::push("a"), None)
             .is_none());
+    }
+
+    #[test]
+    fn a_refused_token_is_dropped_only_while_it_is_the_cached_one() {
+        let realm = "http://127.0.0.1:5001/token";
+        let auth = Auth::new(
+            None,
+            parse_challenge([format!(r#"Bearer realm="{realm}""#).as_str()].into_iter()),
+            false,
+        );
+        let scopes = Scopes::push("a");
+        let cache = |value: &str| {
+            auth.tokens.lock().unwrap().insert(
+                scopes.key(),
+                Token {
+                    value: Secret::new(value),
+                    renew_at: Instant::now() + Duration::from_secs(60),
+                },
+            );
+        };
+        let refused = unauthorized_answer(&format!(r#"Bearer realm="{realm}""#));
+        // Two uploads sent the same token; the first to be refused drops it and retries.
+        cache("Bearer old");
+        let old = Secret::new("Bearer old");
+        assert_eq!(
+            auth.unauthorized(&refused, &scopes, Some(&old)),
+            Some(scopes.clone())
+        );
+        assert!(auth.cached_token(&scopes.key()).is_none());
+        // The second, refused before a new token is cached, retries too (and fetches it).
+        assert_eq!(
+            auth.unauthorized(&refused, &scopes, Some(&old)),
+            Some(scopes.clone())
+        );
+        // A third, refused after the new token is cached, keeps that one and retries with it.
+        cache("Bearer new");
+        assert_eq!(
+            auth.unauthorized(&refused, &scopes, Some(&old)),
+            Some(scopes.clone())
+        );
+        assert_eq!(
+            auth.cached_token(&scopes.key()).unwrap().expose(),
+            "Bearer new"
+        );
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub(crate) struct Response {
     /// The URL that answered (after redirects): `Location`s are resolved against it.
     pub target: Target,
     pub method: &'static str,
+    /// For a 401 the registry still gave after we answered its challenge: whose login it
+    /// refused (or that there was none), since a HEAD's 401 has no body to say so.
+    pub refused_login: Option<String>,
 }
 
 impl Response {
@@ -124,6 +127,7 @@ impl Response {
             retry_after,
             method: self.method,
             target: self.target,
+            refused_login: self.refused_login,
         }))
     }
 }
@@ -138,6 +142,7 @@ pub(crate) struct Answer {
     pub retry_after: Option<Duration>,
     pub method: &'static str,
     pub target: Target,
+    pub refused_login: Option<String>,
 }
 
 impl fmt::Display for Answer {
@@ -166,6 +171,9 @@ impl fmt::Display for Answer {
             write!(f, " ({})", list.join("; "))?;
         } else if !self.text.is_empty() {
             write!(f, " ({})", self.text)?;
+        }
+        if let Some(login) = &self.refused_login {
+            write!(f, ": {login}")?;
         }
         Ok(())
     }
@@ -358,6 +366,7 @@ impl Transport {
             body,
             target: target.clone(),
             method,
+            refused_login: None,
         })
     }
 }
@@ -442,6 +451,8 @@ pub(crate) struct Session {
     pub transport: Transport,
     pub auth: Auth,
     pub insecure: bool,
+    /// What a final 401 means for this login ([`Response::refused_login`]).
+    pub refused_login: String,
 }
 
 impl Session {
@@ -469,17 +480,24 @@ impl Session {
                 authorization.as_ref(),
                 body,
             )?;
-            if response.status == 401 && ours && !reauthorized {
-                reauthorized = true;
-                match self
-                    .auth
-                    .unauthorized(&response, &scopes, authorization.is_some())
-                {
+            if response.status == 401 && ours {
+                let retry = if reauthorized {
+                    None
+                } else {
+                    reauthorized = true;
+                    self.auth
+                        .unauthorized(&response, &scopes, authorization.as_ref())
+                };
+                match retry {
                     Some(retry_scopes) => {
                         scopes = retry_scopes;
                         continue;
                     }
-                    None => return Ok(response),
+                    None => {
+                        let mut response = response;
+                        response.refused_login = Some(self.refused_login.clone());
+                        return Ok(response);
+                    }
                 }
             }
             let Some(location) = redirect_location(&response, method) else {
@@ -589,6 +607,7 @@ mod tests {
             retry_after: None,
             method: "PUT",
             target,
+            refused_login: None,
         };
         assert_eq!(
             a.to_string(),

@@ -262,6 +262,7 @@ impl Registry {
                 transport,
                 auth,
                 insecure: options.insecure,
+                refused_login: refused_login(domain, &credentials),
             },
             credentials,
             retry: options.retry.clone(),
@@ -327,6 +328,31 @@ impl Registry {
                 }
             }
         }
+    }
+}
+
+/// What a 401 the registry keeps answering means for this login, for the error message:
+/// whose credentials it refused and where they came from, or that none were found (and
+/// where they were looked for). Never the secret.
+fn refused_login(domain: &str, lookup: &CredentialLookup) -> String {
+    let config = match &lookup.config_file {
+        Some(path) if lookup.config_found => path.display().to_string(),
+        Some(path) => format!("{}, which does not exist", path.display()),
+        None => "no docker config (neither DOCKER_CONFIG nor HOME is set)".to_string(),
+    };
+    match &lookup.credentials {
+        Some(Credentials::Password { username, .. }) => format!(
+            "the registry did not accept the login of {username:?} ({} in {config})",
+            lookup.source
+        ),
+        Some(Credentials::IdentityToken { .. }) => format!(
+            "the registry did not accept the identity token ({} in {config})",
+            lookup.source
+        ),
+        None if lookup.config_file.is_none() && lookup.source.contains("anonymous") => {
+            "no credentials were sent (anonymous)".to_string()
+        }
+        None => format!("no credentials for {domain} in {config}: docker login {domain}"),
     }
 }
 
