@@ -5,8 +5,8 @@
 //! podman beside Docker. So `auto` opens every store that exists here and looks each name up in
 //! them in that order: overlay2, containerd (namespace `--namespace`, in the roots Docker may
 //! use: [`containerd::root::docker_roots`]), containers-storage. The first that holds the name
-//! serves it, and with several stores open it says which; a name in none of them is one error
-//! naming every store looked in. daemon.json's `features.containerd-snapshotter: false` keeps
+//! serves it, saying where when that was not the first (the obvious) one; a name in none of
+//! them is one error naming every store looked in. daemon.json's `features.containerd-snapshotter: false` keeps
 //! Docker on overlay2, so then containerd's store, which Docker does not use, is not read.
 //!
 //! containers-storage comes last, and only where its default graph root (as podman would find
@@ -94,8 +94,7 @@ fn open_in(
         // Only stores that cannot be read: the first one's own error is the one to see.
         (0, _, _) => Err(unreadable.remove(0).error),
         (1, 0, _) => Ok(stores.pop().expect("one store")),
-        (readable, _, _) => Ok(Box::new(AutoStore {
-            announce: readable > 1,
+        _ => Ok(Box::new(AutoStore {
             stores: stores
                 .into_iter()
                 .chain(
@@ -156,8 +155,6 @@ impl ImageStore for Unreadable {
 
 /// Several stores, each name looked up in order.
 struct AutoStore {
-    /// Whether several stores could serve an image, so that saying which one did helps.
-    announce: bool,
     stores: Vec<Box<dyn ImageStore>>,
     /// Which store served each input, for [`ImageStore::confirm_unchanged`].
     chosen: Mutex<HashMap<String, usize>>,
@@ -178,8 +175,8 @@ impl ImageStore for AutoStore {
         for (index, store) in self.stores.iter().enumerate() {
             match store.lookup(input) {
                 Ok(images) => {
-                    if self.announce {
-                        // Several stores could have served it: say which did.
+                    if index > 0 {
+                        // Not the store a Docker user would look in first: say where it was.
                         crate::progress::note(&format!("{input}: found in {}", store.describe()));
                     }
                     self.chosen
