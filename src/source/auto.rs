@@ -3,21 +3,25 @@
 //! Docker 29 keeps images in containerd's store on fresh installs and in its own overlay2 store
 //! where that already holds images (moby `daemon/image_store_choice.go`), and a host may run
 //! podman beside Docker. So `auto` opens every store that exists here and looks each name up in
-//! them in that order: overlay2, containerd, containers-storage. The first that holds the name
-//! serves it; a name in none of them is one error naming every store looked in.
+//! them in that order: overlay2, containerd (namespace `--namespace`, in the roots Docker may
+//! use: [`containerd::root::docker_roots`]), containers-storage. The first that holds the name
+//! serves it, saying where when that was not the first (the obvious) one; a name in none of
+//! them is one error naming every store looked in. daemon.json's `features.containerd-snapshotter: false` keeps
+//! Docker on overlay2, so then containerd's store, which Docker does not use, is not read.
 //!
 //! containers-storage comes last, and only where its default graph root (as podman would find
 //! it: storage.conf, else `/var/lib/containers/storage` or the rootless one) holds a store:
 //! `--data-root` with `auto` is Docker's data root, and a Docker user's names are Docker's.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, Result};
 
 use super::containers_storage::ContainersStorageStore;
-use super::{data_root, overlay2, ImageStore, NotFound, SourceOptions};
+use super::daemon_json::DaemonJson;
+use super::{containerd, data_root, overlay2, ImageStore, NotFound, SourceOptions};
 use crate::model::Image;
 
 /// Opens the stores that exist. With none but (possibly) Docker's, that store is opened
@@ -25,22 +29,80 @@ use crate::model::Image;
 /// ones the user sees.
 pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
     let docker_root = data_root(options);
+    let daemon_json = DaemonJson::system();
+    let containerd_roots = if daemon_json.containerd_snapshotter == Some(false) {
+        Vec::new()
+    } else {
+        containerd::root::docker_roots(&docker_root, &daemon_json)
+    };
+    open_in(
+        options,
+        &docker_root,
+        &containerd_roots,
+        containers_storage(),
+    )
+}
+
+/// [`open`] for a Docker data root, the containerd roots to consider (those that exist) and
+/// podman's store, if there is one.
+///
+/// A containerd whose namespace holds no images is left out: a dockerd on its graphdriver
+/// store runs its own containerd for containers only, and its empty image store would only add
+/// noise to every message. A store that cannot be read does not stop exports from the others:
+/// it stays in the list as the reason it could not be looked in.
+fn open_in(
+    options: &SourceOptions,
+    docker_root: &Path,
+    containerd_roots: &[PathBuf],
+    podman: Option<Result<ContainersStorageStore, Unreadable>>,
+) -> Result<Box<dyn ImageStore>> {
     let mut stores: Vec<Box<dyn ImageStore>> = Vec::new();
-    if overlay2::Overlay2Store::present(&docker_root) {
-        stores.push(Box::new(overlay2::Overlay2Store::open(&docker_root)?));
+    if overlay2::Overlay2Store::present(docker_root) {
+        stores.push(Box::new(overlay2::Overlay2Store::open(docker_root)?));
     }
-    match containers_storage() {
+    let mut empty = None;
+    let mut unreadable: Vec<Unreadable> = Vec::new();
+    for root in containerd_roots {
+        let opened =
+            containerd::ContainerdStore::open(root, &options.namespace, options.platform.clone())
+                .and_then(|store| Ok((store.holds_images()?, store)));
+        match opened {
+            Ok((true, store)) => stores.push(Box::new(store)),
+            Ok((false, store)) => {
+                empty.get_or_insert(store);
+            }
+            Err(error) => unreadable.push(Unreadable {
+                description: format!(
+                    "containerd's image store in {} (namespace {})",
+                    root.display(),
+                    options.namespace
+                ),
+                root: root.clone(),
+                error,
+            }),
+        }
+    }
+    match podman {
         None => {}
         Some(Ok(store)) => stores.push(Box::new(store)),
-        // The only store here: its own error is the one to see.
-        Some(Err(unreadable)) if stores.is_empty() => return Err(unreadable.error),
-        Some(Err(unreadable)) => stores.push(Box::new(unreadable)),
+        Some(Err(store)) => unreadable.push(store),
     }
-    match stores.len() {
-        0 => Ok(Box::new(overlay2::Overlay2Store::open(&docker_root)?)),
-        1 => Ok(stores.pop().expect("one store")),
+    match (stores.len(), unreadable.len(), empty) {
+        // Nothing holds images: the store whose own message says best why.
+        (0, 0, Some(empty)) => Ok(Box::new(empty)),
+        (0, 0, None) => Ok(Box::new(overlay2::Overlay2Store::open(docker_root)?)),
+        // Only stores that cannot be read: the first one's own error is the one to see.
+        (0, _, _) => Err(unreadable.remove(0).error),
+        (1, 0, _) => Ok(stores.pop().expect("one store")),
         _ => Ok(Box::new(AutoStore {
-            stores,
+            stores: stores
+                .into_iter()
+                .chain(
+                    unreadable
+                        .into_iter()
+                        .map(|u| Box::new(u) as Box<dyn ImageStore>),
+                )
+                .collect(),
             chosen: Mutex::new(HashMap::new()),
         })),
     }

@@ -11,6 +11,7 @@
 mod auto;
 pub mod containerd;
 pub mod containers_storage;
+pub mod daemon_json;
 pub mod names;
 pub mod overlay2;
 pub mod platform;
@@ -97,19 +98,25 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
             options,
         ))?)),
         StoreKind::Auto => auto::open(options),
+        StoreKind::Containerd => Ok(Box::new(containerd::ContainerdStore::open(
+            &containerd_root(options),
+            &options.namespace,
+            options.platform.clone(),
+        )?)),
         StoreKind::ContainersStorage => Ok(Box::new(
             containers_storage::ContainersStorageStore::open(options.root.as_deref())?,
         )),
-        StoreKind::Containerd => {
-            anyhow::bail!(
-                "--store {}: not supported yet",
-                options
-                    .kind
-                    .to_possible_value()
-                    .map_or_else(String::new, |v| v.get_name().to_string())
-            )
-        }
     }
+}
+
+/// containerd's root: `--data-root`, else the one Docker uses (see [`containerd::root`]).
+fn containerd_root(options: &SourceOptions) -> PathBuf {
+    options.root.clone().unwrap_or_else(|| {
+        containerd::root::default_root(
+            &overlay2::default_data_root(),
+            &daemon_json::DaemonJson::system(),
+        )
+    })
 }
 
 /// Docker's data root: `--data-root`, else what the daemon is configured with.

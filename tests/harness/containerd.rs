@@ -298,3 +298,45 @@ fn format_g4(v: f64) -> String {
         s
     }
 }
+
+/// A private containerd filled as [`Containerd::fill_like_docker29`] fills it, with the engine
+/// that made its images; `None` (after [`super::skip`]) where either cannot run.
+pub fn start_filled() -> Option<(super::engine::Engine, Containerd, Filled)> {
+    let engine = super::engine::engine()?;
+    let ctd = Containerd::start()?;
+    let filled = ctd.fill_like_docker29(&engine.host)?;
+    Some((engine, ctd, filled))
+}
+
+impl Containerd {
+    /// Where the content store keeps blob `digest`.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("io.containerd.content.v1.content/blobs/sha256")
+            .join(digest.hex())
+    }
+
+    /// `ctr images export` of `name` (this machine's platform, as Docker 29's `docker save`
+    /// exports by default) into `out`.
+    pub fn export_with_ctr(&self, name: &str, out: &Path) {
+        self.ctr(
+            MOBY,
+            &[
+                "images",
+                "export",
+                "--platform",
+                &oci_export::source::Platform::host().to_string(),
+                out.to_str().unwrap(),
+                name,
+            ],
+        );
+    }
+
+    /// The image named `name` in namespace moby, as `ctr images ls` lists it.
+    pub fn image(&self, name: &str) -> CtrImage {
+        self.images(MOBY)
+            .into_iter()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("no image {name} in namespace {MOBY}"))
+    }
+}

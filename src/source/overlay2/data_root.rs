@@ -5,22 +5,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::source::daemon_json::DaemonJson;
+
 const DEFAULT_DATA_ROOT: &str = "/var/lib/docker";
-const DAEMON_JSON: &str = "/etc/docker/daemon.json";
 
 /// The data root Docker uses here: `data-root` (or the legacy `graph`) from
 /// `/etc/docker/daemon.json`, else `/var/lib/docker`.
 pub fn default_data_root() -> PathBuf {
-    daemon_json_data_root(Path::new(DAEMON_JSON))
+    DaemonJson::system()
+        .data_root
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_ROOT))
-}
-
-fn daemon_json_data_root(path: &Path) -> Option<PathBuf> {
-    let text = std::fs::read(path).ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    ["data-root", "graph"]
-        .iter()
-        .find_map(|key| json.get(key)?.as_str().map(PathBuf::from))
 }
 
 /// Checks that the overlay2 image store exists and can be read, explaining the common failures.
@@ -45,8 +39,8 @@ pub fn check_readable(data_root: &Path, image_root: &Path) -> Result<()> {
             if containerd_store {
                 bail!(
                     "{} has no overlay2 image store ({} is missing). Docker 29+ keeps images in \
-                     the containerd image store by default, which oci-export does not read yet; \
-                     a daemon using the overlay2 graphdriver store is needed",
+                     containerd's image store by default: read it with --store containerd (or \
+                     --store auto, which finds the containerd root Docker uses)",
                     data_root.display(),
                     image_root.display()
                 );
@@ -73,28 +67,4 @@ pub fn check_readable(data_root: &Path, image_root: &Path) -> Result<()> {
         }
     })?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_data_root_from_daemon_json() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("daemon.json");
-        std::fs::write(&p, r#"{"data-root": "/mnt/docker", "debug": true}"#).unwrap();
-        assert_eq!(
-            daemon_json_data_root(&p),
-            Some(PathBuf::from("/mnt/docker"))
-        );
-        std::fs::write(&p, r#"{"graph": "/old/place"}"#).unwrap();
-        assert_eq!(daemon_json_data_root(&p), Some(PathBuf::from("/old/place")));
-        std::fs::write(&p, r#"{"debug": true}"#).unwrap();
-        assert_eq!(daemon_json_data_root(&p), None);
-        assert_eq!(
-            daemon_json_data_root(&dir.path().join("missing.json")),
-            None
-        );
-    }
 }
