@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The benchmark: oci-export against `docker save`, `docker push` and skopeo, and against the
-# SHA-256 floor, side by side on the same images in one run. Run as root (private dockerd, dropping the page cache).
+# The benchmark: oci-export against `docker save`, `docker push`, skopeo, `podman save` and
+# `ctr images export`, and against the SHA-256 floor, side by side on the same images in one
+# run. Run as root (private engines, a loopback registry, dropping the page cache).
 #
-#   sudo scripts/bench.sh                 # full run (~10 GB of scratch space, about 19 minutes)
+#   sudo scripts/bench.sh                 # full run (~20 GB of scratch space, about an hour)
 #   sudo OE_BENCH_SCALE=small scripts/bench.sh   # a quick smoke run on small images
 #
-# Results: benches/results.md (a Markdown table the README includes), benches/results.json,
-# benches/throughput.svg. Scratch space defaults to /var/tmp (OE_BENCH_DIR overrides).
+# Results in docs/benchmarks/: results.md (the tables docs/performance.md and the README
+# quote), results.json, throughput.svg, containerd.md and .json. Scratch space defaults to
+# /var/tmp (OE_BENCH_DIR overrides).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -87,7 +89,14 @@ python3 "$root/scripts/bench.py" \
 	--binary "$root/target/release/oci-export" \
 	--data-root "$engine/data" \
 	--scratch "$scratch" \
-	--out "$root/benches" \
+	--out "$root/docs/benchmarks" \
 	--compress bench/rootfs:1 --compress bench/manyfiles:1 --compress bench/layered:1 \
 	--push bench/rootfs:1 --push bench/bigfiles:1 --push bench/layered:1 \
 	bench/rootfs:1 bench/manyfiles:1 bench/bigfiles:1 bench/layered:1
+
+# containerd's image store (Docker 29's default): the same images imported into a private
+# containerd as Docker 29 fills it, `ctr images export` against oci-export, and the floor.
+python3 "$root/scripts/bench_containerd.py" --binary "$root/target/release/oci-export" \
+	--scratch "$scratch" --json "$root/docs/benchmarks/containerd.json" \
+	bench/rootfs:1 bench/bigfiles:1 bench/layered:1 >"$root/docs/benchmarks/containerd.md"
+cat "$root/docs/benchmarks/containerd.md"
