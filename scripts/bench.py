@@ -347,7 +347,8 @@ def push_bench(args, oe_binary, data_root, image, facts):
     registry = Registry(args.scratch)
     archive = os.path.join(args.scratch, "push.tar")
     cache = os.path.join(args.scratch, "push-cache")
-    oe = [oe_binary, "--data-root", data_root]
+    export = [oe_binary, "--data-root", data_root]
+    push = [oe_binary, "push", "--data-root", data_root]
     r = {"image": image, "bytes": facts["bytes"]}
     name = image.split(":")[0].replace("/", "-")
 
@@ -368,15 +369,15 @@ def push_bench(args, oe_binary, data_root, image, facts):
                         "--src-daemon-host", args.docker_host, f"docker-daemon:{image}",
                         f"docker://{dest('skopeo')}"])
     run("archive_skopeo_push", shell(
-        f"{shlex.join(oe + ['--quiet', image, '-o', archive])} && skopeo copy --quiet "
+        f"{shlex.join(export + ['--quiet', image, '-o', archive])} && skopeo copy --quiet "
         f"--dest-tls-verify=false docker-archive:{archive} docker://{dest('archive')}"))
     os.remove(archive)
     subprocess.run(["rm", "-rf", cache], check=True)
-    run("oe_push", oe + ["push", "--quiet", "--cache-dir", cache, image, dest("oe")])
-    run("oe_repush", oe + ["push", "--quiet", "--cache-dir", cache, image, dest("oe")], empty=False)
+    run("oe_push", push + ["--quiet", "--cache-dir", cache, image, dest("oe")])
+    run("oe_repush", push + ["--quiet", "--cache-dir", cache, image, dest("oe")], empty=False)
     subprocess.run(["rm", "-rf", cache], check=True)
-    run("oe_push_nocache", oe + ["push", "--quiet", "--no-cache", image, dest("oe")])
-    run("oe_push_zstd", oe + ["push", "--quiet", "--no-cache", "-c", "zstd", image, dest("oe-zstd")])
+    run("oe_push_nocache", push + ["--quiet", "--no-cache", image, dest("oe")])
+    run("oe_push_zstd", push + ["--quiet", "--no-cache", "-c", "zstd", image, dest("oe-zstd")])
     subprocess.run([DOCKER, "rmi", dest("docker")], check=True, stdout=subprocess.DEVNULL)
     registry.stop()
     subprocess.run(["rm", "-rf", registry.dir], check=True)

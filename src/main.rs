@@ -1,6 +1,6 @@
 //! `oci-export`: thin glue between the command line and [`oci_export::export`].
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -14,9 +14,9 @@ use oci_export::export::plan::Requested;
 use oci_export::export::push::{self, PushRequest};
 use oci_export::export::{run, CacheChoice, ExportRequest};
 use oci_export::interrupt;
+use oci_export::progress;
 use oci_export::sink::output::refuse_inside;
 use oci_export::sink::registry::ClientOptions;
-use oci_export::source::overlay2::default_data_root;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -95,15 +95,16 @@ fn push_command(args: Box<PushArgs>) -> Result<()> {
         io_mode: args.run.io_mode,
         jobs,
         show_progress: show_progress(&args.run),
-        quiet: args.run.quiet,
         regenerate_missing: args.source.regenerate_missing,
         cache: cache_choice(&args.layers, &layers),
         layers,
         registry,
     })?;
     // The one line on stdout, as crane prints it: what a script needs to pin the image.
-    println!("{pushed}");
-    Ok(())
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{pushed}")
+        .and_then(|()| stdout.flush())
+        .with_context(|| format!("pushed {pushed}, but could not print it"))
 }
 
 /// `OCI_EXPORT_RETRY_DELAY_MS`: the wait after a push's first failed attempt, in milliseconds
@@ -123,9 +124,12 @@ fn retry_delay_for_tests() -> Result<Option<std::time::Duration>> {
     Ok(Some(std::time::Duration::from_millis(ms)))
 }
 
-/// Progress goes to stderr only when it is a terminal, and never with `-q`.
+/// Progress (and informational lines) go to stderr only when it is a terminal, and never with
+/// `-q`.
 fn show_progress(run: &RunArgs) -> bool {
-    !run.quiet && std::io::stderr().is_terminal()
+    let show = !run.quiet && std::io::stderr().is_terminal();
+    progress::show_info(show);
+    show
 }
 
 /// Only compressed layers are cached: an export without compression needs no cache directory,
@@ -151,7 +155,7 @@ fn cache_command(
         .or_else(cache::default_dir)
         .with_context(|| format!("{NO_CACHE_DIR}; use --cache-dir"))?;
     // As for exports: nothing of ours goes inside the engine's storage, and prune deletes.
-    refuse_inside(&dir, &[data_root.unwrap_or_else(default_data_root)])?;
+    refuse_inside(&dir, &oci_export::source::default_roots(data_root))?;
     // Inspecting creates nothing: a cache that does not exist lists as empty.
     let cache = BlobCache::existing(dir);
     match action {

@@ -218,6 +218,27 @@ pub struct LayerKey {
     pub stored: Option<Digest>,
 }
 
+impl Image {
+    /// The store's own manifest (and what it says), when the layer blobs an output holds —
+    /// `(digest, size)` in layer order — are exactly the ones it names: an output may then
+    /// carry it byte for byte, and the image keeps its digest.
+    pub fn stored_manifest_for(
+        &self,
+        blobs: impl ExactSizeIterator<Item = (Digest, u64)>,
+    ) -> Option<(&StoredManifest, ManifestView)> {
+        let stored = self.stored.as_ref()?;
+        let view = ManifestView::parse(&stored.manifest.bytes).ok()?;
+        let same = view.config.digest == self.id
+            && view.layers.len() == blobs.len()
+            && view
+                .layers
+                .iter()
+                .zip(blobs)
+                .all(|(d, (digest, size))| d.digest == digest && d.size == size);
+        same.then_some((stored, view))
+    }
+}
+
 impl Layer {
     pub fn key(&self) -> LayerKey {
         LayerKey {

@@ -45,6 +45,42 @@ pub fn map<T: Sync, R: Send>(
     Ok(out)
 }
 
+/// A counting semaphore: at most `n` holders of a [`Permit`] at once (e.g. compressions, while
+/// more threads upload).
+pub struct Permits {
+    free: Mutex<usize>,
+    returned: std::sync::Condvar,
+}
+
+/// One of [`Permits`], given back when dropped.
+pub struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    pub fn new(n: usize) -> Self {
+        Permits {
+            free: Mutex::new(n.max(1)),
+            returned: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits for a permit.
+    pub fn take(&self) -> Permit<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.returned.notify_one();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +102,23 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.to_string(), "seven");
         assert!(map(&[] as &[u32], 4, |&i| Ok(i)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn permits_bound_how_many_hold_one_at_once() {
+        use std::sync::atomic::AtomicUsize;
+        let permits = Permits::new(2);
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let items: Vec<u32> = (0..40).collect();
+        map(&items, 6, |_| {
+            let _p = permits.take();
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            now.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(most.load(Ordering::SeqCst), 2);
     }
 }

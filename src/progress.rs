@@ -28,6 +28,8 @@ pub enum Phase {
     Verifying,
     /// Sent to a registry.
     Uploading,
+    /// Compressed, and sent to a registry as it is compressed.
+    CompressingAndUploading,
     /// Finished: written, or uploaded.
     Done,
     /// The registry already had it.
@@ -46,6 +48,7 @@ impl Phase {
             Decompressing,
             Verifying,
             Uploading,
+            CompressingAndUploading,
             Done,
             Exists,
             Mounted,
@@ -63,6 +66,7 @@ impl Phase {
             Phase::Decompressing => "decompressing",
             Phase::Verifying => "verifying",
             Phase::Uploading => "uploading",
+            Phase::CompressingAndUploading => "compressing and uploading",
             Phase::Done => "done",
             Phase::Exists => "already in the registry",
             Phase::Mounted => "mounted",
@@ -151,7 +155,25 @@ pub struct Display {
 /// The one display drawing now, so that [`note`] can print above it.
 static CURRENT: Mutex<Option<MultiProgress>> = Mutex::new(None);
 
-/// Prints `line` on stderr (prefixed `oci-export: `), above the bars when they are drawn.
+/// Whether informational lines ([`info`]) are shown: only on a terminal, and not with `-q`.
+static INFO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Shows [`info`] lines from now on (the caller checked that stderr is a terminal).
+pub fn show_info(show: bool) {
+    INFO.store(show, Ordering::Relaxed);
+}
+
+/// A line for a person watching, not for a log: printed (like [`note`]) only when stderr is a
+/// terminal and `-q` was not given. A script's stderr gets nothing but warnings and errors.
+pub fn info(line: &str) {
+    if INFO.load(Ordering::Relaxed) {
+        note(line);
+    }
+}
+
+/// Prints `line` on stderr (prefixed `oci-export: `), above the bars when they are drawn:
+/// warnings, and what must be said whoever reads (an image served by an unexpected store, a
+/// layer regenerated).
 pub fn note(line: &str) {
     let current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
     match current.as_ref() {
@@ -171,6 +193,27 @@ pub struct Job {
 }
 
 const REFRESH: Duration = Duration::from_millis(150);
+
+/// Runs `work`, with a [`Display`] of `progress` for `job` when `show`; on success the display
+/// ends with the line `summary` makes of the result and the time taken.
+pub fn with_display<T>(
+    show: bool,
+    progress: &Arc<Progress>,
+    job: impl FnOnce() -> Job,
+    work: impl FnOnce() -> anyhow::Result<T>,
+    summary: impl FnOnce(&T, Duration) -> String,
+) -> anyhow::Result<T> {
+    let display = show.then(|| Display::start(progress.clone(), job()));
+    let result = work();
+    if let Some(display) = display {
+        let line = result
+            .as_ref()
+            .ok()
+            .map(|done| summary(done, display.elapsed()));
+        display.finish(line);
+    }
+    result
+}
 
 impl Display {
     /// Starts drawing `progress` for `job` on stderr (the caller checked it is a terminal).

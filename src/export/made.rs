@@ -22,11 +22,10 @@ use super::blob_store::{BlobStore, NotingFailure, StoredBlob};
 use super::plan::BlobPlan;
 use crate::cache::{Key, PendingBlob};
 use crate::compress::{CompressedBlob, Compressor, Settings};
-use crate::digest::hash_reader;
 use crate::io::EngineFactory;
 use crate::model::{self, Layer};
 use crate::progress::{Phase, Progress};
-use crate::reassembly::{rebuild_layer, Block, BlockSink, WriteBlocks};
+use crate::reassembly::{rebuild_layer, stored, Block, BlockSink, WriteBlocks};
 use crate::sink::plan::{media_type, BlobInfo, ReadyBlob, ReadyBlobs};
 
 /// What making an export's layer blobs needs.
@@ -205,25 +204,12 @@ pub fn make_layer_teed(
 /// handed over is the one that was checked).
 fn verified_stored(job: &MakeJob, index: usize, blob: &model::StoredBlob) -> Result<ReadyBlob> {
     job.progress.phase(index, Phase::Verifying, Some(blob.size));
-    let mut file = std::fs::File::open(&blob.path)
-        .with_context(|| format!("blob {}: cannot open {}", blob.digest, blob.path.display()))?;
-    let (digest, size) =
-        hash_reader(&mut file).with_context(|| format!("reading {}", blob.path.display()))?;
-    if (digest, size) != (blob.digest, blob.size) {
-        anyhow::bail!(
-            "blob {} ({}) holds {size} bytes hashing to {digest}, not what its manifest says \
-             ({} bytes); the content store is damaged",
-            blob.digest,
-            blob.path.display(),
-            blob.size
-        );
-    }
-    file.rewind().context("rewinding a stored blob")?;
-    job.progress.add(index, size);
+    let file = stored::open_verified(blob)?;
+    job.progress.add(index, blob.size);
     Ok(ReadyBlob {
         info: BlobInfo {
-            digest,
-            size,
+            digest: blob.digest,
+            size: blob.size,
             media_type: blob.compression.oci_media_type(),
         },
         file,
@@ -330,7 +316,15 @@ fn compress_into_cache(
     tee: Option<SyncSender<Vec<u8>>>,
 ) -> Result<Attempt> {
     let mut out = NotingFailure::new(pending);
-    let compressed = compress(job, index, settings, &mut Tee::new(&mut out, tee), stop);
+    let phase = compress_phase(&tee);
+    let compressed = compress(
+        job,
+        index,
+        settings,
+        &mut Tee::new(&mut out, tee),
+        stop,
+        phase,
+    );
     let (pending, write_failure) = out.into_parts();
     if let Some(e) = write_failure {
         // Whatever the compressor made of it, the cache failed first; dropping `pending`
@@ -354,7 +348,15 @@ fn compress_into_scratch(
     tee: Option<SyncSender<Vec<u8>>>,
 ) -> Result<StoredBlob> {
     let mut file = job.store.scratch_file()?;
-    let blob = compress(job, index, settings, &mut Tee::new(&mut file, tee), stop)?;
+    let phase = compress_phase(&tee);
+    let blob = compress(
+        job,
+        index,
+        settings,
+        &mut Tee::new(&mut file, tee),
+        stop,
+        phase,
+    )?;
     file.rewind().context("rewinding a scratch blob")?;
     Ok(StoredBlob {
         digest: blob.digest,
@@ -370,15 +372,13 @@ fn compress(
     settings: &Settings,
     out: &mut dyn Write,
     stop: &AtomicBool,
+    phase: Phase,
 ) -> Result<CompressedBlob> {
     let layer = &job.layers[index];
     let mut compressor = Compressor::new(settings, out)?;
     let mut engine = job.engines.create()?;
-    job.progress.phase(
-        index,
-        Phase::Compressing,
-        job.sizes.get(index).copied().flatten(),
-    );
+    job.progress
+        .phase(index, phase, job.sizes.get(index).copied().flatten());
     let mut sink = Watched {
         inner: WriteBlocks(&mut compressor),
         stop,
@@ -389,6 +389,15 @@ fn compress(
     // duplicate paths itself.
     rebuild_layer(layer, None, engine.as_mut(), &mut sink)?;
     compressor.finish()
+}
+
+/// What a layer's line says while it is compressed: also uploaded, when its output is teed.
+fn compress_phase(tee: &Option<SyncSender<Vec<u8>>>) -> Phase {
+    if tee.is_some() {
+        Phase::CompressingAndUploading
+    } else {
+        Phase::Compressing
+    }
 }
 
 /// Writes to `inner`, and sends a copy of what was written to `tee` while someone receives it

@@ -13,7 +13,6 @@ pub mod plan;
 pub mod push;
 mod set;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,8 +20,8 @@ use anyhow::{bail, Result};
 
 use crate::cli::Format;
 use crate::io::{EngineFactory, IoMode};
-use crate::model::{Image, Layer, LayerContent, LayerKey};
-use crate::progress::{self, Display, Progress};
+use crate::model::{Image, Layer, LayerContent};
+use crate::progress::{self, Progress};
 use crate::regenerate::Regenerated;
 use crate::sink::output::Output;
 use crate::sink::writer::{write_archive, WriteOptions};
@@ -31,7 +30,7 @@ use crate::source::{self, ImageStore, SourceOptions};
 use blob_store::BlobStore;
 use layers::{known_blobs, measure_all, measure_for_progress, Producer};
 use made::{with_made_layers, MakeJob};
-use plan::{plan_layers, BlobPlan, Requested};
+use plan::{plan_outputs, BlobPlan, Outputs, Requested};
 pub use set::ExportSet;
 
 /// Everything an export needs to know.
@@ -65,32 +64,28 @@ pub enum CacheChoice {
 pub fn run(req: &ExportRequest) -> Result<()> {
     let store = source::open(&req.source)?;
     let mut set = ExportSet::resolve(store.as_ref(), &req.images)?;
-    // What the store held, for the final check that it still does.
-    let stored = set.images.clone();
     let roots = store.roots();
     // Before any work on the layers (regenerating, measuring, compressing): a destination that
     // is refused costs nothing, and until committed, dropping it leaves nothing behind.
     let destination = Destination::open(req, &roots)?;
     let mut regenerated: Option<Regenerated> = None;
     set.regenerate_missing(req.regenerate_missing, &mut regenerated, &roots)?;
-    let plans = plan_layers(&set.layers, req.layers);
-    let blob_of = set.layer_index();
+    let outputs = plan_outputs(&set.layers, req.layers);
     let export = Export {
         req,
         engines: EngineFactory::new(req.io_mode)?,
         store: store.as_ref(),
         set: &set,
-        stored: &stored,
         roots: &roots,
-        blob_of: &blob_of,
-        plans: &plans,
-        progress: Arc::new(Progress::new(set.layers.len())),
+        outputs: &outputs,
+        progress: Arc::new(Progress::new(outputs.layers.len())),
     };
+    let (layers, plans) = (&outputs.layers, &outputs.plans);
 
     if plans.iter().all(BlobPlan::known_up_front) {
         // Every blob's size can be known before its first byte: the whole output is planned
         // up front, and layers are written in parallel.
-        let sizes = measure_all(&set.layers, &plans, req.jobs)?;
+        let sizes = measure_all(layers, plans, req.jobs)?;
         export.reporting(Some(sizes.iter().sum()), || {
             export.planned(destination, &sizes)
         })
@@ -99,9 +94,9 @@ pub fn run(req: &ExportRequest) -> Result<()> {
         // size is known once it is made, and a cache hit reads no tar-split at all. Only a
         // progress display wants the total up front, and then measures what it can.
         let sizes = if req.show_progress {
-            measure_for_progress(&set.layers, &plans, req.jobs)?
+            measure_for_progress(layers, plans, req.jobs)?
         } else {
-            vec![None; set.layers.len()]
+            vec![None; layers.len()]
         };
         let total = sizes.iter().copied().sum::<Option<u64>>();
         export.reporting(total, || export.made(destination, &sizes))
@@ -162,64 +157,59 @@ struct Export<'a> {
     engines: EngineFactory,
     store: &'a dyn ImageStore,
     set: &'a ExportSet,
-    stored: &'a [Image],
     roots: &'a [PathBuf],
-    blob_of: &'a HashMap<LayerKey, usize>,
-    plans: &'a [BlobPlan],
+    /// The blobs to write, and which one each image layer is.
+    outputs: &'a Outputs,
     progress: Arc<Progress>,
 }
 
 impl Export<'_> {
     /// Runs `work` with progress bars on stderr, when asked for, then a summary line.
     fn reporting(&self, total: Option<u64>, work: impl FnOnce() -> Result<()>) -> Result<()> {
-        let destination = match (&self.req.output, self.req.format) {
-            (Some(path), _) => path.display().to_string(),
-            (None, _) => "stdout".to_string(),
+        let destination = match &self.req.output {
+            Some(path) => path.display().to_string(),
+            None => "stdout".to_string(),
         };
-        let display = self.req.show_progress.then(|| {
-            Display::start(
-                self.progress.clone(),
-                progress::Job {
-                    title: format!("{} → {destination}", image_names(&self.set.images)),
-                    total,
-                    layers: self.set.layers.iter().map(layer_label).collect(),
-                },
-            )
-        });
-        let result = work();
-        if let Some(display) = display {
-            let summary = result.is_ok().then(|| {
+        let names = image_names(&self.set.images);
+        progress::with_display(
+            self.req.show_progress,
+            &self.progress,
+            || progress::Job {
+                title: format!("{names} → {destination}"),
+                total,
+                layers: self.outputs.layers.iter().map(layer_label).collect(),
+            },
+            work,
+            |_, elapsed| {
                 let bytes = self.progress.bytes();
-                let elapsed = display.elapsed();
                 let ids: Vec<String> = self.set.images.iter().map(|i| i.id.to_string()).collect();
                 format!(
-                    "wrote {destination}: {} ({} {}), {} layers, {} in {:.1} s ({})",
-                    image_names(&self.set.images),
+                    "wrote {destination}: {names} ({} {}), {} layers, {} in {:.1} s ({})",
                     if ids.len() == 1 { "image" } else { "images" },
                     ids.join(", "),
-                    self.set.layers.len(),
+                    self.outputs.layers.len(),
                     progress::human_bytes(bytes),
                     elapsed.as_secs_f64(),
                     progress::human_rate(bytes, elapsed),
                 )
-            });
-            display.finish(summary);
-        }
-        result
+            },
+        )
     }
 
     /// Blobs known up front stream straight from reassembly (or the store): each one's digest
     /// and size are known, so the whole output is planned before the first byte.
     fn planned(&self, destination: Destination, sizes: &[u64]) -> Result<()> {
         let producer = Producer {
-            layers: &self.set.layers,
-            plans: self.plans,
+            layers: &self.outputs.layers,
+            plans: &self.outputs.plans,
             sizes,
             engines: self.engines,
         };
-        let plan = self
-            .layout()
-            .plan(known_blobs(&self.set.layers, self.plans, sizes));
+        let plan = self.layout().plan(known_blobs(
+            &self.outputs.layers,
+            &self.outputs.plans,
+            sizes,
+        ));
         match destination {
             Destination::Archive(output) => {
                 let opts = WriteOptions {
@@ -249,8 +239,8 @@ impl Export<'_> {
         let req = self.req;
         let store = BlobStore::open(&req.cache, self.roots)?;
         let job = MakeJob {
-            layers: &self.set.layers,
-            plans: self.plans,
+            layers: &self.outputs.layers,
+            plans: &self.outputs.plans,
             store: &store,
             engines: self.engines,
             jobs: req.jobs,
@@ -274,11 +264,11 @@ impl Export<'_> {
     fn layout(&self) -> docker_archive::Layout<'_> {
         docker_archive::Layout {
             images: &self.set.images,
-            blob_of: self.blob_of,
+            blob_of: &self.outputs.index,
         }
     }
 
     fn confirm(&self) -> Result<()> {
-        self.set.confirm(self.store, self.stored)
+        self.set.confirm(self.store)
     }
 }

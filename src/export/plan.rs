@@ -6,8 +6,11 @@
 //! blob stays as it is under `-c gzip`, and a tar-split layer is rebuilt as a tar unless asked
 //! to compress.
 
-use crate::compress::Settings;
-use crate::model::{BlobCompression, Layer, LayerContent, StoredBlob};
+use std::collections::HashMap;
+
+use crate::compress::{Algorithm, Settings};
+use crate::digest::Digest;
+use crate::model::{BlobCompression, Layer, LayerContent, LayerKey, StoredBlob};
 
 /// The layer form the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +68,56 @@ pub fn plan_layer(layer: &Layer, requested: Requested) -> BlobPlan {
     }
 }
 
-/// The plans of `layers`, in order.
-pub fn plan_layers(layers: &[Layer], requested: Requested) -> Vec<BlobPlan> {
-    layers.iter().map(|l| plan_layer(l, requested)).collect()
+/// The blobs an export writes or a push uploads, each once, and which blob each image layer
+/// is. Two distinct layers can be one blob: the same diff_id rebuilt from tar-split in one
+/// store and kept uncompressed in another, or one layer stored gzip and zstd and exported as
+/// plain tars (`-c none`).
+pub struct Outputs {
+    /// The layer each blob is made from.
+    pub layers: Vec<Layer>,
+    pub plans: Vec<BlobPlan>,
+    /// Each image layer's blob ([`Layer::key`] → index into `layers`).
+    pub index: HashMap<LayerKey, usize>,
+}
+
+/// What an output blob is, so that two layers making the same bytes make them once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum OutputKey {
+    /// The uncompressed layer tar (its digest is the diff_id), however it is made.
+    Tar(Digest),
+    /// A compressed stored blob, as it is.
+    Stored(Digest),
+    /// The layer compressed with these settings (deterministic: the same bytes every time).
+    Compressed(Digest, Algorithm, i32),
+}
+
+fn output_key(layer: &Layer, plan: &BlobPlan) -> OutputKey {
+    match plan {
+        BlobPlan::Stored(blob) if blob.compression == BlobCompression::None => {
+            OutputKey::Tar(layer.diff_id)
+        }
+        BlobPlan::Stored(blob) => OutputKey::Stored(blob.digest),
+        BlobPlan::Tar | BlobPlan::Made(None) => OutputKey::Tar(layer.diff_id),
+        BlobPlan::Made(Some(s)) => OutputKey::Compressed(layer.diff_id, s.algorithm, s.level),
+    }
+}
+
+/// Plans every layer of `layers` (distinct by [`Layer::key`]) and keeps each output once.
+pub fn plan_outputs(layers: &[Layer], requested: Requested) -> Outputs {
+    let mut outputs = Outputs {
+        layers: Vec::new(),
+        plans: Vec::new(),
+        index: HashMap::new(),
+    };
+    let mut seen: HashMap<OutputKey, usize> = HashMap::new();
+    for layer in layers {
+        let plan = plan_layer(layer, requested);
+        let index = *seen.entry(output_key(layer, &plan)).or_insert_with(|| {
+            outputs.layers.push(layer.clone());
+            outputs.plans.push(plan);
+            outputs.layers.len() - 1
+        });
+        outputs.index.insert(layer.key(), index);
+    }
+    outputs
 }

@@ -1,12 +1,11 @@
 //! The images an export names, and their distinct layers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::digest::Digest;
-use crate::model::{Image, Layer, LayerContent, LayerKey};
+use crate::model::{Image, Layer, LayerContent};
 use crate::reassembly::missing_tar_split;
 use crate::regenerate::{needs_regeneration, regenerate_image, Regenerated};
 use crate::source::ImageStore;
@@ -14,8 +13,11 @@ use crate::source::ImageStore;
 /// The images to export and their distinct layers.
 pub struct ExportSet {
     pub images: Vec<Image>,
-    /// Each input as typed, with each image it named (several for several platforms).
-    pub inputs: Vec<(String, Digest)>,
+    /// The images as the store holds them (before any regeneration), for the final check.
+    stored: Vec<Image>,
+    /// Each input as typed, with each image it named (several for several platforms), by
+    /// index into `images`.
+    inputs: Vec<(String, usize)>,
     /// Distinct layers, in order of first appearance.
     pub layers: Vec<Layer>,
 }
@@ -27,39 +29,35 @@ impl ExportSet {
         let mut resolved = Vec::new();
         for input in inputs {
             for image in store.lookup(input)? {
-                resolved.push((input.clone(), image.id));
                 // The same config reached through another manifest is another image: its
                 // stored documents differ.
-                match images
-                    .iter_mut()
-                    .find(|i| i.id == image.id && i.stored == image.stored)
-                {
-                    Some(existing) => {
+                let same = images
+                    .iter()
+                    .position(|i| i.id == image.id && i.stored == image.stored);
+                match same {
+                    Some(index) => {
+                        let existing = &mut images[index];
                         for tag in image.tags {
                             if !existing.tags.contains(&tag) {
                                 existing.tags.push(tag);
                             }
                         }
+                        resolved.push((input.clone(), index));
                     }
-                    None => images.push(image),
+                    None => {
+                        resolved.push((input.clone(), images.len()));
+                        images.push(image);
+                    }
                 }
             }
         }
         let layers = distinct_layers(&images);
         Ok(ExportSet {
+            stored: images.clone(),
             images,
             inputs: resolved,
             layers,
         })
-    }
-
-    /// Each distinct layer's index in [`ExportSet::layers`].
-    pub fn layer_index(&self) -> HashMap<LayerKey, usize> {
-        self.layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.key(), i))
-            .collect()
     }
 
     /// Regenerates layers that lost the record of their bytes (opt-in), which changes their
@@ -97,14 +95,10 @@ impl ExportSet {
 
     /// The storage must still hold what we exported: an image removed or re-tagged during the
     /// export makes the output describe something that no longer exists.
-    pub fn confirm(&self, store: &dyn ImageStore, stored: &[Image]) -> Result<()> {
-        for (input, id) in &self.inputs {
-            let image = stored
-                .iter()
-                .find(|i| i.id == *id)
-                .expect("resolved images are kept");
+    pub fn confirm(&self, store: &dyn ImageStore) -> Result<()> {
+        for (input, index) in &self.inputs {
             store
-                .confirm_unchanged(input, image)
+                .confirm_unchanged(input, &self.stored[*index])
                 .context("the image store changed during the export")?;
         }
         Ok(())

@@ -2,10 +2,12 @@
 //! digest, or decompressed into the layer tar, verified against the diff_id by the caller.
 
 use std::fs::File;
+use std::io::Seek;
 
 use anyhow::{bail, Context, Result};
 
 use super::{stream_into, BlockSink, VerifyingSink};
+use crate::digest::hash_reader;
 use crate::model::{BlobCompression, StoredBlob};
 
 /// Copies `blob` to `out` in blocks, exactly as stored, and checks that what was copied has the
@@ -33,6 +35,27 @@ pub fn copy_verified(blob: &StoredBlob, out: &mut dyn BlockSink) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Opens `blob` and checks, by reading it whole, that it has the size and digest its manifest
+/// gives; returns the file rewound to its start, the very handle that was checked (for a
+/// copy out, or an upload, of exactly the bytes verified).
+pub fn open_verified(blob: &StoredBlob) -> Result<File> {
+    let mut file = open(blob)?;
+    let (digest, size) =
+        hash_reader(&mut file).with_context(|| format!("reading {}", blob.path.display()))?;
+    if (digest, size) != (blob.digest, blob.size) {
+        bail!(
+            "blob {} ({}) holds {size} bytes hashing to {digest}, not what its manifest says \
+             ({} bytes); the content store is damaged",
+            blob.digest,
+            blob.path.display(),
+            blob.size
+        );
+    }
+    file.rewind()
+        .with_context(|| format!("reading {}", blob.path.display()))?;
+    Ok(file)
 }
 
 /// Streams the uncompressed layer tar of `blob` into `sink` (which hashes it; the caller

@@ -27,7 +27,7 @@ use serde::Serialize;
 use super::oci_layout::{self, Descriptor};
 use super::plan::{BlobInfo, Body, IncrementalPlan, Plan, PlanEntry};
 use crate::digest::Digest;
-use crate::model::{Image, LayerKey, ManifestView, StoredManifest};
+use crate::model::{Image, LayerKey};
 
 /// One image's line in `manifest.json`. Field order and names are Docker's.
 #[derive(Serialize)]
@@ -139,6 +139,10 @@ fn plan_in_order(
     let mut index_descriptors = Vec::new();
     let mut manifest_items = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    // A tag several images carry (the platforms of one multi-platform image) is Docker's
+    // (`RepoTags`, `repositories`) for the first of them only: `docker load` would otherwise
+    // give it to whichever platform it loads last.
+    let mut tagged: Vec<&crate::reference::Reference> = Vec::new();
 
     for image in images {
         let image_blobs: Vec<&BlobInfo> = image
@@ -155,7 +159,8 @@ fn plan_in_order(
             });
         };
         // The layers' descriptors as the manifest gives them.
-        let layer_descriptors: Vec<Descriptor> = match stored_documents(image, &image_blobs) {
+        let same_blobs = image_blobs.iter().map(|b| (b.digest, b.size));
+        let layer_descriptors: Vec<Descriptor> = match image.stored_manifest_for(same_blobs) {
             Some((stored, view)) => {
                 document(&stored.manifest.bytes);
                 let top = stored.index.as_ref().unwrap_or(&stored.manifest);
@@ -178,14 +183,13 @@ fn plan_in_order(
                     .collect();
                 let manifest = oci_layout::image_manifest(image, &descriptors);
                 document(&manifest);
-                index_descriptors.extend(oci_layout::index_entries(
-                    image,
-                    Descriptor::new(
-                        super::plan::media_type::OCI_MANIFEST,
-                        Digest::of(&manifest),
-                        manifest.len() as u64,
-                    ),
-                ));
+                let mut descriptor =
+                    Descriptor::of(super::plan::media_type::OCI_MANIFEST, &manifest);
+                // One of several platforms: say which, as an index does.
+                if image.stored.as_ref().is_some_and(|s| s.index.is_some()) {
+                    descriptor.platform = serde_json::from_slice(&image.config).ok();
+                }
+                index_descriptors.extend(oci_layout::index_entries(image, descriptor));
                 descriptors
             }
         };
@@ -209,8 +213,11 @@ fn plan_in_order(
             body: Body::Bytes(image.config.clone()),
         });
 
+        let own_tags: Vec<&crate::reference::Reference> =
+            image.tags.iter().filter(|t| !tagged.contains(t)).collect();
+        tagged.extend(own_tags.iter().copied());
         if let Some(top) = image.layers.last() {
-            for tag in &image.tags {
+            for tag in &own_tags {
                 if let Some(t) = &tag.tag {
                     repositories
                         .entry(tag.recorded_name())
@@ -219,7 +226,7 @@ fn plan_in_order(
                 }
             }
         }
-        let repo_tags: Vec<String> = image.tags.iter().map(|t| t.recorded_string()).collect();
+        let repo_tags: Vec<String> = own_tags.iter().map(|t| t.recorded_string()).collect();
         manifest_items.push(ManifestItem {
             config: blob_path(&image.id),
             repo_tags: (!repo_tags.is_empty()).then_some(repo_tags),
@@ -251,24 +258,6 @@ fn plan_in_order(
         entries.push(document("repositories", repos));
     }
     Plan { entries, blobs }
-}
-
-/// The image's stored manifest (and index), when the blobs exported are exactly the ones it
-/// names: then it is written as it is.
-fn stored_documents<'a>(
-    image: &'a Image,
-    blobs: &[&BlobInfo],
-) -> Option<(&'a StoredManifest, ManifestView)> {
-    let stored = image.stored.as_ref()?;
-    let view = ManifestView::parse(&stored.manifest.bytes).ok()?;
-    let same = view.config.digest == image.id
-        && view.layers.len() == blobs.len()
-        && view
-            .layers
-            .iter()
-            .zip(blobs)
-            .all(|(d, b)| d.digest == b.digest && d.size == b.size);
-    same.then_some((stored, view))
 }
 
 fn document(path: &str, bytes: Vec<u8>) -> PlanEntry {

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::plan::media_type;
 use crate::digest::Digest;
 use crate::model::Image;
+use crate::source::Platform;
 
 /// `oci-layout`, byte for byte as Docker writes it.
 pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion": "1.0.0"}"#;
@@ -25,6 +26,9 @@ pub struct Descriptor {
     pub size: u64,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// In an index: the platform of the manifest it names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
 }
 
 impl Descriptor {
@@ -34,7 +38,13 @@ impl Descriptor {
             digest,
             size,
             annotations: BTreeMap::new(),
+            platform: None,
         }
+    }
+
+    /// The descriptor of a document.
+    pub fn of(media_type: &str, bytes: &[u8]) -> Self {
+        Self::new(media_type, Digest::of(bytes), bytes.len() as u64)
     }
 }
 
@@ -59,10 +69,26 @@ struct Index<'a> {
 
 /// An image's OCI manifest; `layers` are the blob descriptors in `rootfs.diff_ids` order.
 pub fn image_manifest(image: &Image, layers: &[Descriptor]) -> Vec<u8> {
+    manifest(
+        media_type::OCI_MANIFEST,
+        media_type::OCI_CONFIG,
+        image,
+        layers,
+    )
+}
+
+/// An image manifest of the given media type (OCI's, or Docker's schema2, which has the same
+/// shape), its config of `config_type`.
+pub fn manifest(
+    manifest_type: &str,
+    config_type: &str,
+    image: &Image,
+    layers: &[Descriptor],
+) -> Vec<u8> {
     let manifest = Manifest {
         schema_version: 2,
-        media_type: media_type::OCI_MANIFEST,
-        config: Descriptor::new(media_type::OCI_CONFIG, image.id, image.config.len() as u64),
+        media_type: manifest_type,
+        config: Descriptor::new(config_type, image.id, image.config.len() as u64),
         layers,
     };
     serde_json::to_vec(&manifest).expect("manifest serializes")

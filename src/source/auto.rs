@@ -6,8 +6,14 @@
 //! them in that order: overlay2, containerd (namespace `--namespace`, in the roots Docker may
 //! use: [`containerd::root::docker_roots`]), containers-storage. The first that holds the name
 //! serves it, saying where when that was not the first (the obvious) one; a name in none of
-//! them is one error naming every store looked in. daemon.json's `features.containerd-snapshotter: false` keeps
-//! Docker on overlay2, so then containerd's store, which Docker does not use, is not read.
+//! them is one error naming every store looked in. daemon.json's
+//! `features.containerd-snapshotter` decides between Docker's two: `false` keeps Docker on
+//! overlay2, so containerd's store, which Docker does not use, is not read; `true` moves it to
+//! containerd, which is then looked in first (an overlay2 store left from before the switch
+//! may still hold stale copies of the same names).
+//!
+//! Whatever is opened, every store root found is one nothing may be written under, even one
+//! that holds no images or cannot be read.
 //!
 //! containers-storage comes last, and only where its default graph root (as podman would find
 //! it: storage.conf, else `/var/lib/containers/storage` or the rootless one) holds a store:
@@ -39,6 +45,7 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
         options,
         &docker_root,
         &containerd_roots,
+        daemon_json.containerd_snapshotter == Some(true),
         containers_storage(),
     )
 }
@@ -54,14 +61,28 @@ fn open_in(
     options: &SourceOptions,
     docker_root: &Path,
     containerd_roots: &[PathBuf],
+    containerd_preferred: bool,
     podman: Option<Result<ContainersStorageStore, Unreadable>>,
 ) -> Result<Box<dyn ImageStore>> {
     let mut stores: Vec<Box<dyn ImageStore>> = Vec::new();
-    if overlay2::Overlay2Store::present(docker_root) {
-        stores.push(Box::new(overlay2::Overlay2Store::open(docker_root)?));
-    }
     let mut empty = None;
     let mut unreadable: Vec<Unreadable> = Vec::new();
+    // Every root found, for the stores' `roots()`: outputs may go under none of them.
+    let mut forbidden: Vec<PathBuf> = vec![docker_root.to_path_buf()];
+    forbidden.extend(containerd_roots.iter().cloned());
+    if overlay2::Overlay2Store::present(docker_root) {
+        match overlay2::Overlay2Store::open(docker_root) {
+            Ok(store) => stores.push(Box::new(store)),
+            // Not readable (a rootless user beside a root Docker): the other stores may still
+            // hold the name; this error is the answer for names they do not.
+            Err(error) => unreadable.push(Unreadable {
+                description: format!("Docker's overlay2 store in {}", docker_root.display()),
+                root: docker_root.to_path_buf(),
+                error,
+            }),
+        }
+    }
+    let containerd_first = containerd_preferred && !stores.is_empty();
     for root in containerd_roots {
         let opened =
             containerd::ContainerdStore::open(root, &options.namespace, options.platform.clone())
@@ -82,19 +103,29 @@ fn open_in(
             }),
         }
     }
+    if containerd_first {
+        // Docker uses containerd: its store comes before the overlay2 store it left behind.
+        stores.rotate_left(1);
+    }
     match podman {
         None => {}
-        Some(Ok(store)) => stores.push(Box::new(store)),
-        Some(Err(store)) => unreadable.push(store),
+        Some(Ok(store)) => {
+            forbidden.extend(store.roots());
+            stores.push(Box::new(store));
+        }
+        Some(Err(store)) => {
+            forbidden.push(store.root.clone());
+            unreadable.push(store);
+        }
     }
-    match (stores.len(), unreadable.len(), empty) {
+    let chosen: Box<dyn ImageStore> = match (stores.len(), unreadable.len(), empty) {
         // Nothing holds images: the store whose own message says best why.
-        (0, 0, Some(empty)) => Ok(Box::new(empty)),
-        (0, 0, None) => Ok(Box::new(overlay2::Overlay2Store::open(docker_root)?)),
+        (0, 0, Some(empty)) => Box::new(empty),
+        (0, 0, None) => Box::new(overlay2::Overlay2Store::open(docker_root)?),
         // Only stores that cannot be read: the first one's own error is the one to see.
-        (0, _, _) => Err(unreadable.remove(0).error),
-        (1, 0, _) => Ok(stores.pop().expect("one store")),
-        _ => Ok(Box::new(AutoStore {
+        (0, _, _) => return Err(unreadable.remove(0).error),
+        (1, 0, _) => stores.pop().expect("one store"),
+        _ => Box::new(AutoStore {
             stores: stores
                 .into_iter()
                 .chain(
@@ -104,7 +135,42 @@ fn open_in(
                 )
                 .collect(),
             chosen: Mutex::new(HashMap::new()),
-        })),
+        }),
+    };
+    Ok(Box::new(Forbidding {
+        store: chosen,
+        forbidden,
+    }))
+}
+
+/// A store, with more roots nothing may be written under than its own: every store `auto`
+/// found, whichever serves the images.
+struct Forbidding {
+    store: Box<dyn ImageStore>,
+    forbidden: Vec<PathBuf>,
+}
+
+impl ImageStore for Forbidding {
+    fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        let mut roots = self.store.roots();
+        for root in &self.forbidden {
+            if !roots.contains(root) {
+                roots.push(root.clone());
+            }
+        }
+        roots
+    }
+
+    fn lookup(&self, input: &str) -> Result<Vec<Image>> {
+        self.store.lookup(input)
+    }
+
+    fn confirm_unchanged(&self, input: &str, image: &Image) -> Result<()> {
+        self.store.confirm_unchanged(input, image)
     }
 }
 

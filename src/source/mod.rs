@@ -109,6 +109,18 @@ pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
     }
 }
 
+/// The roots of every store this machine has by default (Docker's data root, `docker_root` if
+/// given; the containerd roots Docker may use; podman's graph root), whether or not they hold
+/// anything: for what opens no store (`cache ls|prune`) but must still write under none.
+pub fn default_roots(docker_root: Option<PathBuf>) -> Vec<PathBuf> {
+    let docker_root = docker_root.unwrap_or_else(overlay2::default_data_root);
+    let mut roots =
+        containerd::root::docker_roots(&docker_root, &daemon_json::DaemonJson::system());
+    roots.insert(0, docker_root);
+    roots.extend(containers_storage::ContainersStorageStore::default_graph_root().ok());
+    roots
+}
+
 /// containerd's root: `--data-root`, else the one Docker uses (see [`containerd::root`]).
 fn containerd_root(options: &SourceOptions) -> PathBuf {
     options.root.clone().unwrap_or_else(|| {

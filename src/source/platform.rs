@@ -5,14 +5,15 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// An OCI platform: os, architecture and the optional variant.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// An OCI platform: os, architecture and the optional variant (as index entries and image
+/// configs write them).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Platform {
-    pub os: String,
     pub architecture: String,
-    #[serde(default)]
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
 

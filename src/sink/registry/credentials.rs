@@ -10,7 +10,7 @@
 //! `{"ServerURL","Username","Secret"}`; the Username `<token>` means the Secret is an identity
 //! token (a refresh token for the registry's token server), not a password.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -106,8 +106,13 @@ pub fn lookup(
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
     };
-    let config: ConfigFile = serde_json::from_slice(&text)
-        .with_context(|| format!("parsing {} (docker's config file)", file.display()))?;
+    let config: ConfigFile = serde_json::from_slice(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "parsing {} (docker's config file): {}",
+            file.display(),
+            without_values(&e)
+        )
+    })?;
     let (source, credentials) = if let Some(helper) = config.cred_helpers.get(&key) {
         (
             format!("credHelpers (docker-credential-{helper})"),
@@ -260,14 +265,24 @@ fn run_helper(name: &str, key: &str, helper_path: Option<&OsStr>) -> Result<Opti
         if said.contains("credentials not found") {
             return Ok(None);
         }
-        let said: String = said.chars().take(300).collect();
+        // What a failing helper says is shown, but never what might be its answer: a helper
+        // that printed its JSON and then failed would show the secret.
+        let first = said.lines().next().unwrap_or_default();
+        let said: String = if first.trim_start().starts_with('{') || first.contains("Secret") {
+            "(its output is not shown: it may hold a secret)".to_string()
+        } else {
+            first.chars().take(200).collect()
+        };
         bail!(
             "credential helper {program} failed for {key} ({}): {said}",
             out.status
         );
     }
-    let answer: HelperAnswer = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!("credential helper {program} answered something other than JSON")
+    let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "credential helper {program} did not answer the JSON a helper gives: {}",
+            without_values(&e)
+        )
     })?;
     let secret = Secret::new(answer.secret);
     if secret.is_empty() {
@@ -286,13 +301,16 @@ fn run_helper(name: &str, key: &str, helper_path: Option<&OsStr>) -> Result<Opti
     }))
 }
 
-/// A search path holding only `dir` then the process's `PATH`: for callers that ship a helper.
-pub fn path_with(dir: &Path) -> OsString {
-    let mut dirs = vec![dir.to_path_buf()];
-    if let Some(path) = std::env::var_os("PATH") {
-        dirs.extend(std::env::split_paths(&path));
-    }
-    std::env::join_paths(dirs).unwrap_or_else(|_| dir.as_os_str().to_owned())
+/// A JSON error without the text serde quotes from the input (which, in a credentials file or
+/// a helper's answer, may be a password): its kind and position only.
+fn without_values(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "not of the expected shape",
+        serde_json::error::Category::Eof => "cut short",
+    };
+    format!("{kind} at line {}, column {}", e.line(), e.column())
 }
 
 #[cfg(test)]

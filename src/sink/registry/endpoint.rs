@@ -73,10 +73,14 @@ pub(crate) fn discover(
         http.port = 80;
     }
     if !(insecure || is_loopback_host(&https)) {
-        bail!(
-            "registry {domain}: HTTPS failed ({tls_failure}); plain HTTP is used only for a \
-             loopback registry or with --insecure"
-        );
+        return Err(Unreachable {
+            transient: tls_failure.is_transient(),
+            message: format!(
+                "registry {domain}: HTTPS failed ({tls_failure}); plain HTTP is used only for \
+                 a loopback registry or with --insecure"
+            ),
+        }
+        .into());
     }
     match ping(&http) {
         // Only a registry's answer proves the server speaks plain HTTP: a TLS server answers a
@@ -87,10 +91,24 @@ pub(crate) fn discover(
              {} rather than as a registry does",
             response.status
         ),
-        Err(http_failure) => bail!(
-            "registry {domain} answers neither HTTPS ({tls_failure}) nor plain HTTP ({http_failure})"
-        ),
+        Err(http_failure) => Err(Unreachable {
+            transient: tls_failure.is_transient() && http_failure.is_transient(),
+            message: format!(
+                "registry {domain} answers neither HTTPS ({tls_failure}) nor plain HTTP \
+                 ({http_failure})"
+            ),
+        }
+        .into()),
     }
+}
+
+/// The registry could not be reached; `transient` when trying again may help (a reset, a
+/// timeout, a refused connection), not when it answered in a way that will not change.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct Unreachable {
+    pub transient: bool,
+    message: String,
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ureq::http::{HeaderMap, Method};
 use ureq::Agent;
@@ -467,12 +467,52 @@ pub(crate) struct Session {
     pub insecure: bool,
     /// What a final 401 means for this login ([`Response::refused_login`]).
     pub refused_login: String,
+    /// Until when the registry asked every client of ours to wait (a 429's `Retry-After`):
+    /// each thread's next request waits, not only the one that was told.
+    pub paused_until: Mutex<Option<Instant>>,
 }
 
+/// The longest pause a `Retry-After` may impose on every request (retries cap their own wait
+/// the same way, see [`super::RetryPolicy`]).
+const MAX_PAUSE: Duration = Duration::from_secs(60);
+
 impl Session {
+    /// Waits out a pause the registry asked for, if one is running.
+    fn wait_for_pause(&self) {
+        let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(wait) = until.and_then(|u| u.checked_duration_since(Instant::now())) {
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Remembers a 429's `Retry-After`, for every request from now on.
+    fn note_pause(&self, response: &Response) {
+        if response.status != 429 {
+            return;
+        }
+        let Some(wait) = response
+            .header("retry-after")
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+        else {
+            return;
+        };
+        let until = Instant::now() + wait.min(MAX_PAUSE);
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if paused.is_none_or(|p| p < until) {
+            *paused = Some(until);
+        }
+    }
+
     /// Sends `request`, authorizing each hop for its own origin only, answering one 401 with a
     /// fresh token (expired mid-push) and following redirects. The answer may be any status.
     pub fn send(&self, request: &Request<'_>) -> Result<Response, Failure> {
+        self.wait_for_pause();
+        let response = self.send_now(request)?;
+        self.note_pause(&response);
+        Ok(response)
+    }
+
+    fn send_now(&self, request: &Request<'_>) -> Result<Response, Failure> {
         let mut target = request.target.clone();
         let mut method = request.method;
         let mut body = &request.body;

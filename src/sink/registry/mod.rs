@@ -248,7 +248,23 @@ impl Registry {
             options.insecure,
             options.timeouts.clone(),
         );
-        let (origin, ping) = endpoint::discover(domain, &transport, options.insecure)?;
+        // The first contact is retried like any request: a reset or a timeout may pass.
+        let mut failures = 0;
+        let (origin, ping) = loop {
+            match endpoint::discover(domain, &transport, options.insecure) {
+                Ok(found) => break found,
+                Err(e) => {
+                    let transient = e
+                        .downcast_ref::<endpoint::Unreachable>()
+                        .is_some_and(|u| u.transient);
+                    failures += 1;
+                    if !transient || failures >= options.retry.attempts() {
+                        return Err(e);
+                    }
+                    std::thread::sleep(options.retry.delay(failures, None));
+                }
+            }
+        };
         let challenge = if ping.status == 401 {
             parse_challenge(ping.header_all("www-authenticate"))
         } else {
@@ -258,6 +274,7 @@ impl Registry {
         Ok(Registry {
             domain: domain.to_string(),
             session: Session {
+                paused_until: std::sync::Mutex::new(None),
                 origin,
                 transport,
                 auth,
@@ -415,11 +432,16 @@ impl Repository<'_> {
     }
 
     /// Asks the registry to link a blob it holds in repository `from` (same registry) into this
-    /// one, without uploading it. `Ok(false)` means "not mounted, upload it": the registry
-    /// refused (202, starting an upload session, which is cancelled), or answered 401, 403 or
-    /// 404 (Harbor, for a source it cannot read). A mount is never attempted without a source
-    /// (Quay fails such requests), nor from the repository itself.
-    pub fn mount(&self, digest: &Digest, from: &str) -> Result<bool> {
+    /// one, without uploading it. `false` means "not mounted, upload it": the registry refused
+    /// (202, starting an upload session, which is cancelled), answered 401, 403 or 404 (Harbor,
+    /// for a source it cannot read), or failed in any other way — a mount is only a shortcut,
+    /// and the upload that follows reports what is really wrong. A mount is never attempted
+    /// without a source (Quay fails such requests), nor from the repository itself.
+    pub fn mount(&self, digest: &Digest, from: &str) -> bool {
+        self.try_mount(digest, from).unwrap_or(false)
+    }
+
+    fn try_mount(&self, digest: &Digest, from: &str) -> Result<bool> {
         if from.is_empty() || from == self.path {
             return Ok(false);
         }
@@ -467,13 +489,9 @@ impl Repository<'_> {
         upload::upload(self, blob, progress)
     }
 
-    /// Puts a manifest under `reference` (a tag, or its own digest) with Content-Type
-    /// `media_type`, and returns its digest (the SHA-256 of `body`, which the registry's
-    /// `Docker-Content-Digest` must confirm when it sends one). Push it only after every blob
-    /// it references is confirmed.
-    /// Uploads a blob while it is being made (see [`Streamed`]): `Ok(false)` when that did not
+    /// Uploads a blob while it is being made (see [`Streamed`]): `false` when that did not
     /// work out, and the finished blob is to be uploaded with [`Repository::upload`].
-    pub fn upload_streamed(&self, streamed: Streamed) -> Result<bool> {
+    pub fn upload_streamed(&self, streamed: Streamed) -> bool {
         upload::upload_streamed(self, streamed)
     }
 
@@ -503,6 +521,10 @@ impl Repository<'_> {
         })
     }
 
+    /// Puts a manifest under `reference` (a tag, or its own digest) with Content-Type
+    /// `media_type`, and returns its digest (the SHA-256 of `body`, which the registry's
+    /// `Docker-Content-Digest` must confirm when it sends one). Push it only after every blob
+    /// it references is confirmed.
     pub fn put_manifest(&self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest> {
         let digest = Digest::of(body);
         let response = self.registry.retrying(

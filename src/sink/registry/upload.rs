@@ -394,20 +394,18 @@ pub struct Streamed {
 /// `docker push` sends layers) and, once its maker says what it made, the commit. Compression
 /// and upload then overlap instead of following each other.
 ///
-/// `Ok(true)`: uploaded and committed. `Ok(false)`: not — the registry refused or broke the
-/// stream (a body too large for it, a reset, an expired token: a stream cannot be sent again),
-/// or what arrived is not what was made; the session is deleted and the caller uploads the
-/// finished blob the ordinary way, with every retry that allows. Nothing is committed unless
-/// the maker finished and every byte it made was sent.
-pub(crate) fn upload_streamed(repo: &Repository<'_>, streamed: Streamed) -> Result<bool> {
-    // The session start is retried like any (a 429 asks us to wait, and we do); a failure of
-    // the stream itself is not, as it cannot be sent again.
-    let started = repo.registry.retrying(
-        || format!("starting an upload to {}", repo.name()),
-        || start_session(repo),
-    );
-    let Ok((location, _)) = started else {
-        return Ok(false);
+/// `true`: uploaded and committed. `false`: not — the session could not be started, the
+/// registry refused or broke the stream (a body too large for it, a reset, an expired token: a
+/// stream cannot be sent again), or what arrived is not what was made; the session is deleted
+/// and the caller uploads the finished blob the ordinary way, with every retry that allows.
+/// Nothing is committed unless the maker finished and every byte it made was sent.
+///
+/// Nothing here is retried, and the stream is given up at the first failure, so that the
+/// maker never waits on it: its channel is dropped and the maker goes on without (a 429's
+/// `Retry-After` is still honoured, by the session, for the ordinary upload that follows).
+pub(crate) fn upload_streamed(repo: &Repository<'_>, streamed: Streamed) -> bool {
+    let Ok((location, _)) = start_session(repo) else {
+        return false;
     };
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader: Box<dyn std::io::Read + Send> = Box::new(PieceReader {
@@ -424,6 +422,9 @@ pub(crate) fn upload_streamed(repo: &Repository<'_>, streamed: Streamed) -> Resu
         body: Body::Stream(&body),
         scopes: &repo.scopes,
     });
+    // Whatever happened, the stream is over: if the request failed before reading it (a token
+    // that could not be fetched, a TLS set-up), dropping it is what tells the maker.
+    drop(body);
     let next = match response {
         Ok(r) if r.status == 202 || r.status == 201 || r.status == 204 => {
             match r.header("location").map(|l| r.target.resolve(l)) {
@@ -438,11 +439,11 @@ pub(crate) fn upload_streamed(repo: &Repository<'_>, streamed: Streamed) -> Resu
     let made = streamed.made.recv().ok().flatten();
     let (Some(next), Some((digest, size))) = (next, made) else {
         abandon(repo, &location);
-        return Ok(false);
+        return false;
     };
     if size != sent {
         abandon(repo, &next);
-        return Ok(false);
+        return false;
     }
     let response = repo.send(Request {
         method: "PUT",
@@ -454,11 +455,11 @@ pub(crate) fn upload_streamed(repo: &Repository<'_>, streamed: Streamed) -> Resu
     match response {
         Ok(r) if matches!(r.status, 200 | 201 | 204) => {
             let stored_as = r.header("docker-content-digest").map(str::trim);
-            Ok(stored_as.is_none_or(|theirs| theirs == digest.to_string()))
+            stored_as.is_none_or(|theirs| theirs == digest.to_string())
         }
         _ => {
             abandon(repo, &next);
-            Ok(false)
+            false
         }
     }
 }

@@ -177,6 +177,14 @@ fn load_layer(
             descriptor.media_type
         )
     })?;
+    // An uncompressed layer blob is the layer tar: its digest is the diff_id, or manifest and
+    // config disagree about the image (and no output of it would load).
+    if compression == BlobCompression::None && digest != diff_id {
+        bail!(
+            "{origin}: an uncompressed layer whose digest is not the diff_id the config names; \
+             the image's manifest and config do not belong together"
+        );
+    }
     let record = docs.meta.blob(docs.namespace, &digest)?;
     let path = docs.root.blob(&digest);
     let on_disk = match std::fs::metadata(&path) {

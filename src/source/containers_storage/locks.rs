@@ -68,10 +68,10 @@ fn with_shared_locks_waiting<T>(
                     );
                 }
                 if !told && waited >= NOTICE_AFTER {
-                    eprintln!(
-                        "oci-export: waiting for {}: another process is writing the store",
+                    crate::progress::note(&format!(
+                        "waiting for {}: another process is writing the store",
                         path.display()
-                    );
+                    ));
                     told = true;
                 }
                 std::thread::sleep(pause);

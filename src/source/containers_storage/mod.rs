@@ -223,11 +223,10 @@ impl ImageStore for ContainersStorageStore {
         if found.store_id != found.image.id.hex() {
             // Partial pulls (zstd:chunked, eStargz) give the image an ID of its own; an archive
             // names an image by its config digest, which is what docker and podman load it as.
-            eprintln!(
-                "oci-export: {input}: image {} in the store is exported under its config \
-                 digest, {}",
+            crate::progress::note(&format!(
+                "{input}: image {} in the store is exported under its config digest, {}",
                 found.store_id, found.image.id
-            );
+            ));
         }
         Ok(vec![found.image])
     }
