@@ -1370,6 +1370,29 @@ fn upload_session(target: &str) -> &str {
 }
 
 #[test]
+fn a_refused_stream_falls_back_to_an_ordinary_upload() {
+    // The streamed upload (a layer sent while it is compressed) is answered 401, as a
+    // registry whose token expired between the session's start and its body might: a stream
+    // cannot be sent twice, so the finished blob goes up whole, in a new session.
+    let Some(seen) = push_through_faults(
+        BIGFILE,
+        "faults/stream-401",
+        vec![Rule::new(Some("PATCH"), Some("/blobs/uploads/"), reply(401, &[])).window(0, 1)],
+    ) else {
+        return;
+    };
+    let log = log_of(&seen);
+    let patch = seen.iter().position(|s| s.method == "PATCH").expect(&log);
+    assert_eq!(seen[patch].status, 401, "{log}");
+    assert!(
+        seen[patch + 1..]
+            .iter()
+            .any(|s| s.method == "PUT" && s.status == 201 && s.content_length > 4 * MIB),
+        "uploaded whole after the refusal:\n{log}"
+    );
+}
+
+#[test]
 fn a_connection_reset_in_a_monolithic_upload_is_retried() {
     // A registry that refuses streamed bodies (a 4 MiB cap on requests without a length is
     // what some proxies do) gets the finished blob in one PUT; that connection is reset 1 MiB

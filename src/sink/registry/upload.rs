@@ -437,8 +437,9 @@ pub(crate) fn upload_streamed(repo: &Repository<'_>, streamed: Streamed) -> bool
     };
     let sent = sent.load(std::sync::atomic::Ordering::Acquire);
     let made = streamed.made.recv().ok().flatten();
-    let (Some(next), Some((digest, size))) = (next, made) else {
-        abandon(repo, &location);
+    // The session is where the registry last said it is (its Location carries the state).
+    let (Some(next), Some((digest, size))) = (next.clone(), made) else {
+        abandon(repo, next.as_ref().unwrap_or(&location));
         return false;
     };
     if size != sent {
