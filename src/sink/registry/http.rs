@@ -470,11 +470,9 @@ pub(crate) struct Session {
     /// Until when the registry asked every client of ours to wait (a 429's `Retry-After`):
     /// each thread's next request waits, not only the one that was told.
     pub paused_until: Mutex<Option<Instant>>,
+    /// The longest such pause: the retry policy's longest wait.
+    pub max_pause: Duration,
 }
-
-/// The longest pause a `Retry-After` may impose on every request (retries cap their own wait
-/// the same way, see [`super::RetryPolicy`]).
-const MAX_PAUSE: Duration = Duration::from_secs(60);
 
 impl Session {
     /// Waits out a pause the registry asked for, if one is running.
@@ -496,7 +494,7 @@ impl Session {
         else {
             return;
         };
-        let until = Instant::now() + wait.min(MAX_PAUSE);
+        let until = Instant::now() + wait.min(self.max_pause);
         let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);

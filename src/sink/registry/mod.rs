@@ -275,6 +275,7 @@ impl Registry {
             domain: domain.to_string(),
             session: Session {
                 paused_until: std::sync::Mutex::new(None),
+                max_pause: options.retry.max_delay,
                 origin,
                 transport,
                 auth,
