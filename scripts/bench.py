@@ -155,6 +155,10 @@ def main():
                          "(bench_podman.py --load): also benchmark podman save against them")
     ap.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", ""))
     ap.add_argument("images", nargs="*")
+    ap.add_argument("--merge", metavar="RESULTS_JSON",
+                    help="keep the sections of an earlier results.json that this run does not "
+                         "measure (without images, the export tables and the facts the other "
+                         "sections need come from it)")
     args = ap.parse_args()
     if args.render:
         with open(args.render) as f:
@@ -162,12 +166,16 @@ def main():
         write_outputs(args.out, saved["cores"], saved["results"], saved["compressed"],
                       saved.get("pushed", []), saved.get("podman", []))
         return
-    if not (args.binary and args.data_root and args.scratch and args.images):
-        ap.error("measuring needs --binary, --data-root, --scratch and images")
+    saved = {}
+    if args.merge and os.path.exists(args.merge):
+        with open(args.merge) as f:
+            saved = json.load(f)
+    if not (args.binary and args.data_root and args.scratch and (args.images or saved)):
+        ap.error("measuring needs --binary, --data-root, --scratch and images (or --merge)")
     cores = os.cpu_count()
     oe = [args.binary, "--data-root", args.data_root, "--quiet"]
     out_file = os.path.join(args.scratch, "out.tar")
-    results = []
+    results = [] if args.images else saved["results"]
     for image in args.images:
         print(f"bench: {image}", file=sys.stderr)
         # A first export checks the image and yields the layers for the floor.
@@ -213,6 +221,10 @@ def main():
     pushed = [push_bench(args, args.binary, args.data_root, image, facts[image])
               for image in args.push]
     podman = podman_bench(args, results) if args.podman else []
+    if saved:  # what this run did not measure, as it was
+        compressed = compressed or saved.get("compressed", [])
+        pushed = pushed or saved.get("pushed", [])
+        podman = podman or saved.get("podman", [])
 
     write_outputs(args.out, cores, results, compressed, pushed, podman)
 
@@ -375,7 +387,18 @@ def push_bench(args, oe_binary, data_root, image, facts):
     subprocess.run(["rm", "-rf", cache], check=True)
     run("oe_push", push + ["--quiet", "--cache-dir", cache, image, dest("oe")])
     run("oe_repush", push + ["--quiet", "--cache-dir", cache, image, dest("oe")], empty=False)
-    subprocess.run(["rm", "-rf", cache], check=True)
+    # The two halves of a push, each alone: compressing (to /dev/null, nothing uploaded), and
+    # the registry taking the same gzip blobs from curl (nothing compressed, blobs in parallel).
+    # A push on these cores costs about their sum, as both share them.
+    r["compress_only"], r["compress_only_rss"] = timed(
+        export + ["--quiet", "--no-cache", "-c", "gzip", image])
+    layout = os.path.join(args.scratch, "push-layout")
+    timed(export + ["--quiet", "--cache-dir", cache, "-c", "gzip", "--format", "oci-dir",
+                    image, "-o", layout])
+    registry.empty()
+    r["intake_floor"] = upload_blobs(registry, f"{name}/floor", layout)
+    r["intake_floor_stored"] = registry.stored_bytes()
+    subprocess.run(["rm", "-rf", cache, layout], check=True)
     run("oe_push_nocache", push + ["--quiet", "--no-cache", image, dest("oe")])
     run("oe_push_zstd", push + ["--quiet", "--no-cache", "-c", "zstd", image, dest("oe-zstd")])
     subprocess.run([DOCKER, "rmi", dest("docker")], check=True, stdout=subprocess.DEVNULL)
@@ -385,11 +408,35 @@ def push_bench(args, oe_binary, data_root, image, facts):
     return r
 
 
+def upload_blobs(registry, repo, layout):
+    """Uploads every blob of an OCI layout to the registry with curl (a POST, then one
+    streamed PUT each), as many at a time as there are cores; returns the wall time. Every
+    blob is then checked to be there, so a failed upload cannot pass for a fast one."""
+    blobs_dir = os.path.join(layout, "blobs", "sha256")
+    blobs = [{"path": os.path.join(blobs_dir, d), "digest": d,
+              "size": os.path.getsize(os.path.join(blobs_dir, d))} for d in os.listdir(blobs_dir)]
+    base = f"http://{registry.host}"
+    upload = ('loc=$(curl -sSf -X POST -D - -o /dev/null "$1/v2/$2/blobs/uploads/" '
+              '| tr -d "\\r" | sed -n "s/^[Ll]ocation: *//p"); '
+              'case $loc in /*) loc="$1$loc";; esac; '
+              'case $loc in *\\?*) sep="&";; *) sep="?";; esac; '
+              'exec curl -sSf -o /dev/null -X PUT -H "Expect:" '
+              '-H "Content-Type: application/octet-stream" -T "$3" "$loc${sep}digest=sha256:$4"')
+    wall = largest_first(blobs, os.cpu_count(), lambda b: [
+        "bash", "-c", upload, "upload", base, repo, b["path"], b["digest"]])
+    for b in blobs:
+        subprocess.run(["curl", "-sSfI", "-o", "/dev/null",
+                        f"{base}/v2/{repo}/blobs/sha256:{b['digest']}"], check=True)
+    return wall
+
+
 def push_markdown(rows, cores):
     lines = [
         f"Push to an emptied Debian docker-registry on loopback (same machine, {cores} cores), one "
         "run each. MB/s of uncompressed image; \"stored\" is what the registry holds after the "
-        "push, in MB; re-pushes find every blob already there.",
+        "push, in MB; re-pushes find every blob already there. The two floors are the halves "
+        "of a push, each alone on the same cores: compressing the layers, and the registry "
+        "taking their gzip blobs.",
         "",
         "| image | route | seconds | MB/s | stored | peak RSS | speed-up vs `docker push` |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -397,10 +444,14 @@ def push_markdown(rows, cores):
     for r in rows:
         mb = r["bytes"] / 1e6
         def row(label, key, base="docker_push"):
-            t = r[key]
+            t = r.get(key)
+            if t is None:  # a run from before this row existed
+                return
             speed = f"**{r[base] / t:.1f}×**" if base and key != base else ""
+            stored = f"{r[key + '_stored'] / 1e6:.0f}" if key + "_stored" in r else "–"
+            rss = f"{r[key + '_rss'] / 2**20:.0f} MiB" if key + "_rss" in r else "–"
             lines.append(f"| {r['image']} | {label} | {t:.2f} | {mb / t:.0f} "
-                         f"| {r[key + '_stored'] / 1e6:.0f} | {r[key + '_rss'] / 2**20:.0f} MiB | {speed} |")
+                         f"| {stored} | {rss} | {speed} |")
         row("`docker push`", "docker_push")
         row("`skopeo copy docker-daemon: docker://`", "skopeo_push")
         row("`oci-export -o a.tar && skopeo copy docker-archive:a.tar docker://`", "archive_skopeo_push")
@@ -409,6 +460,8 @@ def push_markdown(rows, cores):
         row("oci-export push `-c zstd`", "oe_push_zstd")
         row("`docker push` again (re-push)", "docker_repush", base=None)
         row("oci-export push again (re-push, cache warm)", "oe_repush", base="docker_repush")
+        row("*floor:* oci-export `-c gzip` → /dev/null (compressing alone)", "compress_only", base=None)
+        row("*floor:* the registry taking the same gzip blobs from curl", "intake_floor", base=None)
     return "\n".join(lines) + "\n"
 
 

@@ -5,10 +5,7 @@
 #
 #   sudo scripts/bench.sh                 # full run (~20 GB of scratch space, about an hour)
 #   sudo OE_BENCH_SCALE=small scripts/bench.sh   # a quick smoke run on small images
-#   sudo OE_BENCH_PARTS=containerd scripts/bench.sh   # only some parts: main, containerd
-#
-# "main" is Docker's overlay2 store (plain and compressed exports, push) and containers-storage;
-# "containerd" is containerd's image store. Each part rewrites only its own result files.
+#   sudo OE_BENCH_PARTS="push podman" scripts/bench.sh   # only some of: export push podman containerd
 #
 # Results in docs/benchmarks/: results.md (the tables docs/performance.md and the README
 # quote), results.json, throughput.svg, containerd.md and .json. Scratch space defaults to
@@ -18,7 +15,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scale=${OE_BENCH_SCALE:-full}
-parts=" ${OE_BENCH_PARTS:-main containerd} "
+parts=" ${OE_BENCH_PARTS:-export push podman containerd} "
 
 "$root/scripts/install-deps.sh"
 . "$root/scripts/toolchain.sh"
@@ -83,22 +80,32 @@ DOCKERFILE
 DOCKER_BUILDKIT=0 $docker build -q --network=none -t bench/layered:1 "$scratch/ctx" >/dev/null
 rm -rf "$scratch/ctx"
 
-if [[ $parts == *" main "* ]]; then
+# Docker's overlay2 store (plain and compressed exports), push, and containers-storage; a run
+# of only some parts keeps the other sections of results.json as they were.
+bench_args=()
+if [[ $parts == *" export "* ]]; then
+	bench_args+=(--compress bench/rootfs:1 --compress bench/manyfiles:1 --compress bench/layered:1
+		bench/rootfs:1 bench/manyfiles:1 bench/bigfiles:1 bench/layered:1)
+fi
+if [[ $parts == *" push "* ]]; then
+	bench_args+=(--push bench/rootfs:1 --push bench/bigfiles:1 --push bench/layered:1)
+fi
+if [[ $parts == *" podman "* ]]; then
 	# The same images in a private podman store (containers-storage), for `podman save`.
 	podman_store=$(mktemp -d "$scratch/podman.XXXXXX")
 	for image in bench/rootfs:1 bench/manyfiles:1 bench/bigfiles:1 bench/layered:1; do
 		$docker save "$image" | python3 "$root/scripts/bench_podman.py" --dir "$podman_store" --load
 	done
-
+	bench_args+=(--podman "$podman_store")
+fi
+if [ ${#bench_args[@]} -gt 0 ]; then
 	python3 "$root/scripts/bench.py" \
-		--podman "$podman_store" \
+		--merge "$root/docs/benchmarks/results.json" \
 		--binary "$root/target/release/oci-export" \
 		--data-root "$engine/data" \
 		--scratch "$scratch" \
 		--out "$root/docs/benchmarks" \
-		--compress bench/rootfs:1 --compress bench/manyfiles:1 --compress bench/layered:1 \
-		--push bench/rootfs:1 --push bench/bigfiles:1 --push bench/layered:1 \
-		bench/rootfs:1 bench/manyfiles:1 bench/bigfiles:1 bench/layered:1
+		"${bench_args[@]}"
 fi
 
 # containerd's image store (Docker 29's default): the same images imported into a private

@@ -81,22 +81,24 @@ def bench_image(args, podman, env, root, image):
             if os.path.exists(p):
                 os.remove(p)
 
+    # Each output is removed before the next command runs: a 3 GB archive left behind is
+    # still being written back to disk, and would throttle the writes of whatever runs next.
     runs = {"podman_file": [], "oe_file": [], "oe_null": []}
     for _ in range(args.runs):
         runs["podman_file"].append(timed(save, env))
+        theirs = archive_facts(out_podman)
+        clear()
         runs["oe_file"].append(timed(oe + ["-o", out_oe], oe_env))
+        ours = archive_facts(out_oe)
+        clear()
         with open(os.devnull, "wb") as null:
             runs["oe_null"].append(timed(oe, oe_env, stdout=null))
-        if _ < args.runs - 1:
-            clear()
     # The same image, by both: the config each wrote has the same digest.
-    theirs, ours = archive_facts(out_podman), archive_facts(out_oe)
     if theirs[0] != ours[0]:
         sys.exit(f"bench_podman: {image}: podman save wrote config {theirs[0]}, "
                  f"oci-export {ours[0]}")
     result = {"image": image, "layers": ours[1], "bytes": ours[2]}
     result.update({k: min(v) for k, v in runs.items()})
-    clear()
     if args.cold:
         drop_caches()
         result["podman_cold"] = timed(save, env)
