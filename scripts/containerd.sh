@@ -22,66 +22,9 @@ set -euo pipefail
 START_TIMEOUT=${OE_CONTAINERD_TIMEOUT:-30}
 STOP_TIMEOUT=20
 
-usage() {
-	echo "usage: $0 start|stop DIR" >&2
-	exit 2
-}
-
-die() {
-	echo "containerd.sh: $*" >&2
-	exit 1
-}
-
-# Print the pid stored in pidfile $1 if that process is alive and named $2
-# (the name check guards against a recycled pid from a stale pidfile).
-live_pid() {
-	local pid
-	[ -s "$1" ] || return 1
-	pid=$(cat "$1")
-	case $pid in '' | *[!0-9]*) return 1 ;; esac
-	[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
-	echo "$pid"
-}
-
-# Wait up to $2 seconds for pid $1 to exit.
-wait_gone() {
-	local i=0
-	while kill -0 "$1" 2>/dev/null; do
-		[ "$i" -ge $(($2 * 10)) ] && return 1
-		sleep 0.1
-		i=$((i + 1))
-	done
-}
-
-# SIGTERM, then SIGKILL if it does not exit in time.
-stop_pid() {
-	local pid=$1 what=$2
-	kill -TERM "$pid" 2>/dev/null || return 0
-	if ! wait_gone "$pid" "$STOP_TIMEOUT"; then
-		echo "containerd.sh: $what ($pid) ignored SIGTERM, sending SIGKILL" >&2
-		kill -KILL "$pid" 2>/dev/null || true
-		wait_gone "$pid" 5 || true
-	fi
-}
-
-# Shims started by this containerd (only if a test ran containers), found by its socket
-# path in their command line, so other containerds are untouched.
-shim_pids() {
-	local sock=$1 p
-	for p in /proc/[0-9]*; do
-		[ -r "$p/cmdline" ] || continue
-		if tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qxF -- "$sock"; then
-			echo "${p#/proc/}"
-		fi
-	done
-}
-
-# Mount points at or below DIR, deepest first. Field 5 of mountinfo is the mount
-# point with spaces etc. octal-escaped; our DIRs come from mktemp so need no unescaping.
-mounts_under() {
-	awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo |
-		awk '{ print length($0) " " $0 }' | sort -rn | cut -d' ' -f2-
-}
+# Shared helpers: usage, die, live_pid, wait_gone, stop_pid, shim_pids, mounts_under.
+script_name=containerd.sh
+. "$(dirname "$0")/daemon-lib.sh"
 
 cmd_start() {
 	local dir sock pid i
@@ -137,12 +80,12 @@ TOML
 	i=0
 	until ctr --address "$sock" version >/dev/null 2>&1; do
 		if ! kill -0 "$pid" 2>/dev/null; then
-			echo "containerd.sh: containerd exited during startup; log tail:" >&2
+			echo "$script_name: containerd exited during startup; log tail:" >&2
 			tail -n 30 "$dir/containerd.log" >&2 || true
 			exit 1
 		fi
 		if [ "$i" -ge $((START_TIMEOUT * 5)) ]; then
-			echo "containerd.sh: containerd not ready after ${START_TIMEOUT}s; log tail:" >&2
+			echo "$script_name: containerd not ready after ${START_TIMEOUT}s; log tail:" >&2
 			tail -n 30 "$dir/containerd.log" >&2 || true
 			cmd_stop "$dir" >&2 || true
 			exit 1
@@ -166,7 +109,7 @@ cmd_stop() {
 	done
 	# overlayfs snapshot mounts (a view or a container left mounted) and any other leftovers.
 	for m in $(mounts_under "$dir"); do
-		umount "$m" 2>/dev/null || umount -l "$m" || echo "containerd.sh: cannot unmount $m" >&2
+		umount "$m" 2>/dev/null || umount -l "$m" || echo "$script_name: cannot unmount $m" >&2
 	done
 	rm -f "$dir/containerd.pid"
 }

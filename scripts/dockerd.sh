@@ -21,59 +21,9 @@ DOCKER=/usr/bin/docker
 START_TIMEOUT=${OE_DOCKERD_TIMEOUT:-60}
 STOP_TIMEOUT=20
 
-usage() {
-	echo "usage: $0 start|stop DIR" >&2
-	exit 2
-}
-
-die() {
-	echo "dockerd.sh: $*" >&2
-	exit 1
-}
-
-# Print the pid stored in pidfile $1 if that process is alive and named $2
-# (the name check guards against a recycled pid from a stale pidfile).
-live_pid() {
-	local pid
-	[ -s "$1" ] || return 1
-	pid=$(cat "$1")
-	case $pid in '' | *[!0-9]*) return 1 ;; esac
-	[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
-	echo "$pid"
-}
-
-# Wait up to $2 seconds for pid $1 to exit.
-wait_gone() {
-	local i=0
-	while kill -0 "$1" 2>/dev/null; do
-		[ "$i" -ge $(($2 * 10)) ] && return 1
-		sleep 0.1
-		i=$((i + 1))
-	done
-}
-
-# SIGTERM, then SIGKILL if it does not exit in time.
-stop_pid() {
-	local pid=$1 what=$2
-	kill -TERM "$pid" 2>/dev/null || return 0
-	if ! wait_gone "$pid" "$STOP_TIMEOUT"; then
-		echo "dockerd.sh: $what ($pid) ignored SIGTERM, sending SIGKILL" >&2
-		kill -KILL "$pid" 2>/dev/null || true
-		wait_gone "$pid" 5 || true
-	fi
-}
-
-# Shims of this engine's containerd (only if containers were left running), found by
-# the containerd socket path in their command line, so other engines are untouched.
-shim_pids() {
-	local sock=$1 p
-	for p in /proc/[0-9]*; do
-		[ -r "$p/cmdline" ] || continue
-		if tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qxF -- "$sock"; then
-			echo "${p#/proc/}"
-		fi
-	done
-}
+# Shared helpers: usage, die, live_pid, wait_gone, stop_pid, shim_pids, mounts_under.
+script_name=dockerd.sh
+. "$(dirname "$0")/daemon-lib.sh"
 
 # Cgroup dirs of this engine's containers (cgroupfs driver: <controller>/docker/<id>).
 # dockerd normally removes them; after an unclean exit they may still hold processes.
@@ -137,12 +87,12 @@ cmd_start() {
 	i=0
 	until "$DOCKER" -H "unix://$sock" info >/dev/null 2>&1; do
 		if ! kill -0 "$pid" 2>/dev/null; then
-			echo "dockerd.sh: dockerd exited during startup; log tail:" >&2
+			echo "$script_name: dockerd exited during startup; log tail:" >&2
 			tail -n 30 "$dir/dockerd.log" >&2 || true
 			exit 1
 		fi
 		if [ "$i" -ge $((START_TIMEOUT * 5)) ]; then
-			echo "dockerd.sh: dockerd not ready after ${START_TIMEOUT}s; log tail:" >&2
+			echo "$script_name: dockerd not ready after ${START_TIMEOUT}s; log tail:" >&2
 			tail -n 30 "$dir/dockerd.log" >&2 || true
 			cmd_stop "$dir" >&2 || true
 			exit 1
@@ -184,7 +134,7 @@ cmd_stop() {
 
 	# overlay "merged" mounts, shm mounts and the private bind of the data root.
 	for m in $(mounts_under "$dir"); do
-		umount "$m" 2>/dev/null || umount -l "$m" || echo "dockerd.sh: cannot unmount $m" >&2
+		umount "$m" 2>/dev/null || umount -l "$m" || echo "$script_name: cannot unmount $m" >&2
 	done
 	rm -f "$dir/docker.pid" "$dir/dockerd.launcher.pid"
 }
