@@ -1,5 +1,6 @@
-//! The one date format the image model needs: RFC 3339 timestamps from image configs
-//! (`"created": "2026-11-28T17:54:03.489909301Z"`), turned into Unix seconds for tar mtimes.
+//! Calendar arithmetic for the dates the tool reads: RFC 3339 timestamps from image configs
+//! (`"created": "2026-11-28T17:54:03.489909301Z"`), turned into Unix seconds for tar mtimes, and
+//! the civil-day count the registry client's HTTP dates (`Retry-After`) use too.
 
 /// Parses an RFC 3339 timestamp into whole Unix seconds (fractions are dropped, as tar mtimes
 /// carry seconds). Returns `None` for anything that is not RFC 3339.
@@ -53,7 +54,7 @@ pub fn parse_rfc3339_seconds(s: &str) -> Option<i64> {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;

@@ -170,7 +170,7 @@ impl Settings {
     }
 
     /// The default level of each algorithm and gzip encoder, chosen by measurement (the
-    /// `compress` benchmark; the README's "Compressed layers" has the whole table).
+    /// `compress` benchmark; docs/performance.md, "gzip encoders", has the whole table).
     ///
     /// - **gzip by sirocco: 1**, the default gzip of `-c gzip`. On a 315 MB tar of `/usr/lib`
     ///   and `/usr/share` it compresses 194 MB per CPU-second at ratio 2.15, against zlib-rs's

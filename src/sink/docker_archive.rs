@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Docker also writes a legacy "v1" JSON blob per layer that nothing references; we leave it
-//! out (see the README).
+//! out (see docs/design.md).
 //!
 //! An image whose store keeps its manifest (containerd), exported with the stored blobs, gets
 //! that manifest (and the index it was chosen from) byte for byte, as Docker 29's `docker save`

@@ -6,7 +6,7 @@
 //! At level 1 it compresses layer data as fast as zlib-rs's level 1 or faster (1.0× on machine
 //! code, 1.3× on a mixed tar) with blobs 11–14% smaller, and incompressible data 4.5× as fast
 //! (it stores what it cannot shrink, where zlib-rs's quick strategy grows it by 5%); see the
-//! README's measurements.
+//! measurements in docs/performance.md ("gzip encoders").
 //!
 //! **No dictionary.** sirocco has no preset-dictionary call. A block could still be primed by
 //! compressing the previous block's tail first and dropping that output, but that costs a
