@@ -17,6 +17,8 @@ cd "$root"
 scale=${OE_BENCH_SCALE:-full}
 parts=" ${OE_BENCH_PARTS:-export push podman containerd} "
 
+# No root-owned __pycache__ left in a sudo user's checkout.
+export PYTHONDONTWRITEBYTECODE=1
 "$root/scripts/install-deps.sh"
 . "$root/scripts/toolchain.sh"
 trap return_build_dir EXIT

@@ -20,6 +20,8 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 
+# No root-owned __pycache__ left in a sudo user's checkout.
+export PYTHONDONTWRITEBYTECODE=1
 "$root/scripts/install-deps.sh"
 . "$root/scripts/toolchain.sh"
 
