@@ -26,7 +26,7 @@ use anyhow::{Context, Result};
 
 use super::blob_store::BlobStore;
 use super::layers::measure_for_progress;
-use super::made::{cache_key, make_layer_teed, Cancelled, MakeJob};
+use super::made::{cache_key, make_layer, make_layer_teed, Cancelled, MakeJob};
 use super::plan::{plan_outputs, BlobPlan, Outputs, Requested};
 use super::{image_names, layer_label, CacheChoice, ExportSet};
 use crate::cli::UsageError;
@@ -479,7 +479,7 @@ impl Pusher<'_> {
     fn make_and_upload(&self, index: usize, format: BlobCompression) -> Result<(Pushed, Placed)> {
         let ready = {
             let _permit = self.compressing.take();
-            make_layer_teed(&self.job, index, &self.stop, None)?
+            make_layer(&self.job, index, &self.stop)?
         };
         let pushed = Pushed {
             digest: ready.info.digest,
@@ -572,7 +572,7 @@ fn image_index(images: &[Image], manifests: &[Document]) -> Document {
         .iter()
         .zip(manifests)
         .map(|(image, manifest)| Descriptor {
-            platform: serde_json::from_slice::<Platform>(&image.config).ok(),
+            platform: Platform::of_config(&image.config),
             ..Descriptor::of(&manifest.media_type, &manifest.bytes)
         })
         .collect();

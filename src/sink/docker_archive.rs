@@ -28,6 +28,7 @@ use super::oci_layout::{self, Descriptor};
 use super::plan::{BlobInfo, Body, IncrementalPlan, Plan, PlanEntry};
 use crate::digest::Digest;
 use crate::model::{Image, LayerKey};
+use crate::source::platform::Platform;
 
 /// One image's line in `manifest.json`. Field order and names are Docker's.
 #[derive(Serialize)]
@@ -169,7 +170,7 @@ fn plan_in_order(
                 }
                 index_descriptors.extend(oci_layout::index_entries(
                     image,
-                    Descriptor::new(&top.media_type, top.digest(), top.bytes.len() as u64),
+                    Descriptor::of(&top.media_type, &top.bytes),
                 ));
                 view.layers
                     .iter()
@@ -187,7 +188,7 @@ fn plan_in_order(
                     Descriptor::of(super::plan::media_type::OCI_MANIFEST, &manifest);
                 // One of several platforms: say which, as an index does.
                 if image.stored.as_ref().is_some_and(|s| s.index.is_some()) {
-                    descriptor.platform = serde_json::from_slice(&image.config).ok();
+                    descriptor.platform = Platform::of_config(&image.config);
                 }
                 index_descriptors.extend(oci_layout::index_entries(image, descriptor));
                 descriptors

@@ -174,18 +174,18 @@ impl ImageStore for Forbidding {
     }
 }
 
-/// podman's store, where its default graph root holds one. One that cannot be opened (not
-/// root, a broken storage.conf) must not stop exports from Docker's stores: its error is the
-/// answer only for names no other store holds.
+/// podman's store, where its default graph root holds one (a storage.conf that cannot be read
+/// names none). One that cannot be opened (not root, an unreadable store) must not stop
+/// exports from Docker's stores: its error is the answer only for names no other store holds.
 fn containers_storage() -> Option<Result<ContainersStorageStore, Unreadable>> {
-    let graph_root = ContainersStorageStore::default_graph_root().ok()?;
-    if !ContainersStorageStore::present(&graph_root) {
+    let config = ContainersStorageStore::default_config().ok()?;
+    if !ContainersStorageStore::present(&config.graph_root) {
         return None;
     }
     Some(
-        ContainersStorageStore::open(None).map_err(|error| Unreadable {
-            description: format!("containers-storage in {}", graph_root.display()),
-            root: graph_root,
+        ContainersStorageStore::open_config(&config).map_err(|error| Unreadable {
+            description: format!("containers-storage in {}", config.graph_root.display()),
+            root: config.graph_root.clone(),
             error,
         }),
     )

@@ -117,7 +117,11 @@ pub fn default_roots(docker_root: Option<PathBuf>) -> Vec<PathBuf> {
     let mut roots =
         containerd::root::docker_roots(&docker_root, &daemon_json::DaemonJson::system());
     roots.insert(0, docker_root);
-    roots.extend(containers_storage::ContainersStorageStore::default_graph_root().ok());
+    roots.extend(
+        containers_storage::ContainersStorageStore::default_config()
+            .ok()
+            .map(|config| config.graph_root),
+    );
     roots
 }
 

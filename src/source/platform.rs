@@ -40,6 +40,12 @@ impl PlatformChoice {
 }
 
 impl Platform {
+    /// The platform an image config says it is for (`os`, `architecture`, `variant`), if it
+    /// says.
+    pub fn of_config(config: &[u8]) -> Option<Platform> {
+        serde_json::from_slice(config).ok()
+    }
+
     /// This machine's platform, in Go's names (the ones images use).
     pub fn host() -> Platform {
         let (architecture, variant) = match std::env::consts::ARCH {

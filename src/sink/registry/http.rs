@@ -119,11 +119,15 @@ impl Response {
         self.error_codes().iter().any(|c| c == code)
     }
 
+    /// How long the registry asks us to wait (`Retry-After`), if it says.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.header("retry-after")
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+    }
+
     /// This answer as a failure (for statuses the caller did not expect).
     pub fn into_failure(self) -> Failure {
-        let retry_after = self
-            .header("retry-after")
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let retry_after = self.retry_after();
         Failure::Answer(Box::new(Answer {
             status: self.status,
             errors: parse_errors(&self.body),
@@ -488,10 +492,7 @@ impl Session {
         if response.status != 429 {
             return;
         }
-        let Some(wait) = response
-            .header("retry-after")
-            .and_then(|v| parse_retry_after(v, SystemTime::now()))
-        else {
+        let Some(wait) = response.retry_after() else {
             return;
         };
         let until = Instant::now() + wait.min(self.max_pause);

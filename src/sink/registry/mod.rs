@@ -471,13 +471,7 @@ impl Repository<'_> {
         if response.status == 202 {
             // Refused, and a session was opened for us: close it rather than leave it to expire.
             if let Ok(session) = upload::location_of(&response) {
-                let _ = self.send(Request {
-                    method: "DELETE",
-                    target: session,
-                    headers: Vec::new(),
-                    body: Body::Empty,
-                    scopes: &self.scopes,
-                });
+                upload::abandon(self, &session);
             }
         }
         Ok(response.status == 201)

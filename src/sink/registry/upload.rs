@@ -466,7 +466,7 @@ pub(crate) fn upload_streamed(repo: &Repository<'_>, streamed: Streamed) -> bool
 }
 
 /// Deletes an upload session we will not commit (best effort: it expires anyway).
-fn abandon(repo: &Repository<'_>, location: &Target) {
+pub(super) fn abandon(repo: &Repository<'_>, location: &Target) {
     let _ = repo.send(Request {
         method: "DELETE",
         target: location.clone(),

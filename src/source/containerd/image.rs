@@ -4,7 +4,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::manifests::{choose, config_platform, Chosen, Documents, Kind, Missing};
+use super::manifests::{choose, Chosen, Documents, Kind, Missing};
 use super::resolve::Resolved;
 use super::snapshots::Snapshots;
 use crate::digest::{chain_ids, Digest};
@@ -12,7 +12,7 @@ use crate::model::{
     config_facts, BlobCompression, DescriptorView, Image, Layer, LayerContent, Lost, ManifestView,
     RemoteBlob, StoredBlob, StoredDocument, StoredManifest,
 };
-use crate::source::platform::PlatformChoice;
+use crate::source::platform::{Platform, PlatformChoice};
 
 /// The images `resolved` names under `choice`.
 pub fn load(
@@ -93,7 +93,7 @@ fn platform_missing(e: anyhow::Error, image: &str, manifest: &Chosen) -> anyhow:
 /// A plain manifest is the one platform its config names: asked for another, say so rather
 /// than export the wrong one.
 fn check_plain_platform(name: &str, config: &[u8], choice: &PlatformChoice) -> Result<()> {
-    if let (PlatformChoice::Only(wanted), Some(actual)) = (choice, config_platform(config)) {
+    if let (PlatformChoice::Only(wanted), Some(actual)) = (choice, Platform::of_config(config)) {
         if !wanted.matches(&actual) {
             bail!(
                 "image {name} is for platform {actual} only (a single manifest, no index), not \
@@ -119,7 +119,7 @@ fn load_manifest(
     let id = view.config.digest;
     let facts = config_facts(&config).with_context(|| format!("image {label}: config {id}"))?;
     // A plain manifest's platform is the one its config names.
-    let label = match (&chosen.platform, config_platform(&config)) {
+    let label = match (&chosen.platform, Platform::of_config(&config)) {
         (None, Some(platform)) => format!("{label} ({platform})"),
         _ => label.to_string(),
     };

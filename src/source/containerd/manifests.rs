@@ -281,11 +281,6 @@ pub fn choose(image: &str, index: &[u8], choice: &PlatformChoice) -> Result<Vec<
     Ok(selected)
 }
 
-/// The platform an image config says it is for (`os`, `architecture`, `variant`), if it says.
-pub fn config_platform(config: &[u8]) -> Option<Platform> {
-    serde_json::from_slice::<Platform>(config).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,11 +380,13 @@ mod tests {
             None
         );
         assert_eq!(
-            config_platform(br#"{"os":"linux","architecture":"arm64","variant":"v8","rootfs":{}}"#)
-                .unwrap()
-                .to_string(),
+            Platform::of_config(
+                br#"{"os":"linux","architecture":"arm64","variant":"v8","rootfs":{}}"#
+            )
+            .unwrap()
+            .to_string(),
             "linux/arm64/v8"
         );
-        assert_eq!(config_platform(br#"{"rootfs":{}}"#), None);
+        assert_eq!(Platform::of_config(br#"{"rootfs":{}}"#), None);
     }
 }

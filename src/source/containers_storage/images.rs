@@ -54,14 +54,6 @@ impl ImageRecord {
     }
 }
 
-/// Parses images.json. An empty file is an empty store, as containers-storage reads it.
-pub fn parse_images(bytes: &[u8]) -> Result<Vec<ImageRecord>> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Vec::new());
-    }
-    Ok(serde_json::from_slice(bytes)?)
-}
-
 /// The file name containers-storage gives a big-data key.
 pub fn big_data_file_name(key: &str) -> String {
     if key
@@ -162,6 +154,7 @@ fn is_manifest_list(manifest: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::source::containers_storage::layout::Driver;
+    use crate::source::containers_storage::parse_list;
 
     #[test]
     fn big_data_names() {
@@ -188,7 +181,7 @@ mod tests {
     fn parses_records() {
         let json = br#"[{"id":"aa","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000001","names":["localhost/x:1"],"layer":"bb","metadata":"{}","big-data-names":["manifest"],"created":"2026-01-01T00:00:00Z"},
                        {"id":"cc"}]"#;
-        let images = parse_images(json).unwrap();
+        let images = parse_list::<ImageRecord>(json).unwrap();
         assert_eq!(images.len(), 2);
         assert_eq!(images[0].names, ["localhost/x:1"]);
         assert_eq!(images[0].layer.as_deref(), Some("bb"));
@@ -196,11 +189,11 @@ mod tests {
         assert!(images[0].has_digest(&one));
         assert!(!images[1].has_digest(&one));
         assert!(images[1].layer.is_none() && images[1].names.is_empty());
-        assert!(parse_images(b"").unwrap().is_empty());
-        assert!(parse_images(b"\n").unwrap().is_empty());
-        assert!(parse_images(b"{").is_err());
+        assert!(parse_list::<ImageRecord>(b"").unwrap().is_empty());
+        assert!(parse_list::<ImageRecord>(b"\n").unwrap().is_empty());
+        assert!(parse_list::<ImageRecord>(b"{").is_err());
         assert!(
-            parse_images(br#"[{"names":[]}]"#).is_err(),
+            parse_list::<ImageRecord>(br#"[{"names":[]}]"#).is_err(),
             "an image needs an id"
         );
     }

@@ -47,14 +47,6 @@ impl LayerRecord {
     }
 }
 
-/// Parses layers.json. An empty file is an empty store, as containers-storage reads it.
-pub fn parse_layers(bytes: &[u8]) -> Result<Vec<LayerRecord>> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Vec::new());
-    }
-    Ok(serde_json::from_slice(bytes)?)
-}
-
 /// Every complete layer of every store, by ID.
 #[derive(Debug, Default)]
 pub struct LayerIndex {
@@ -225,6 +217,7 @@ pub fn content(dir: &StoreDir, layer: &ChainLayer) -> Result<(LayerContent, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::containers_storage::parse_list;
 
     fn digest(n: u8) -> Digest {
         Digest::of(&[n])
@@ -254,15 +247,18 @@ mod tests {
     fn parses_what_podman_writes() {
         let json = br#"[{"id":"962793ff","created":"2026-12-01T08:15:03.227169051Z","compressed-diff-digest":"sha256:962793ff2f03cc231e41c5dc5c69b295bb826083d8b5308bff62eab0fe7c330f","compressed-size":1986560,"diff-digest":"sha256:962793ff2f03cc231e41c5dc5c69b295bb826083d8b5308bff62eab0fe7c330f","diff-size":1986560,"uidset":[0],"gidset":[0]},
                         {"id":"e712","parent":"962793ff","flags":{"incomplete":true},"compression":2,"toc-digest":"sha256:00"}]"#;
-        let layers = parse_layers(json).unwrap();
+        let layers = parse_list::<LayerRecord>(json).unwrap();
         assert_eq!(layers[0].parent, None);
         assert!(!layers[0].incomplete());
         assert_eq!(layers[1].parent.as_deref(), Some("962793ff"));
         assert!(layers[1].incomplete());
         assert_eq!(layers[1].compression, 2);
         assert!(layers[1].toc_digest.is_some());
-        assert!(parse_layers(b"").unwrap().is_empty());
-        assert!(parse_layers(b"[{}]").is_err(), "a layer needs an id");
+        assert!(parse_list::<LayerRecord>(b"").unwrap().is_empty());
+        assert!(
+            parse_list::<LayerRecord>(b"[{}]").is_err(),
+            "a layer needs an id"
+        );
     }
 
     #[test]

@@ -59,9 +59,10 @@ impl ContainersStorageStore {
         Self::open_config(&config::resolve(&Environment::current(), data_root)?)
     }
 
-    /// The graph root podman would use here, for `--store auto`.
-    pub fn default_graph_root() -> Result<PathBuf> {
-        Ok(config::resolve(&Environment::current(), None)?.graph_root)
+    /// The configuration podman would use here (storage.conf's graph root, driver and
+    /// additional stores), for `--store auto`.
+    pub fn default_config() -> Result<StorageConfig> {
+        config::resolve(&Environment::current(), None)
     }
 
     /// Whether `graph_root` holds a store (or one we may not read, which
@@ -127,9 +128,9 @@ impl ContainersStorageStore {
                 layers: LayerIndex::default(),
             };
             for (index, store) in self.stores.iter().enumerate() {
-                let layers = read_json(&store.layers_json(), layers::parse_layers)?;
+                let layers = read_json(&store.layers_json())?;
                 snapshot.layers.add_store(index, layers);
-                for image in read_json(&store.images_json(), images::parse_images)? {
+                for image in read_json::<images::ImageRecord>(&store.images_json())? {
                     if !snapshot.images.iter().any(|(_, i)| i.id == image.id) {
                         snapshot.images.push((index, image));
                     }
@@ -311,7 +312,7 @@ fn remote_blobs(layer: &layers::LayerRecord, names: &[String]) -> Vec<RemoteBlob
 
 /// Reads and parses one of the store's JSON files; a missing file is an empty list, as
 /// containers-storage reads it.
-fn read_json<T>(path: &Path, parse: fn(&[u8]) -> Result<Vec<T>>) -> Result<Vec<T>> {
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -322,7 +323,16 @@ fn read_json<T>(path: &Path, parse: fn(&[u8]) -> Result<Vec<T>>) -> Result<Vec<T
         ),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    parse(&bytes).with_context(|| format!("{} is malformed", path.display()))
+    parse_list(&bytes).with_context(|| format!("{} is malformed", path.display()))
+}
+
+/// Parses images.json or layers.json. An empty file is an empty store, as containers-storage
+/// reads it.
+pub(super) fn parse_list<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    Ok(serde_json::from_slice(bytes)?)
 }
 
 /// A unit test that cannot run here: a note, or under CI (`CI=true`) a failure.
