@@ -60,13 +60,7 @@ fn every_image_exports_byte_exact() {
         let image = &images[0];
         assert_eq!(image.config_digest, expected.id, "{tag}: image ID");
         assert_eq!(image.diff_ids, expected.diff_ids, "{tag}: diff_ids");
-        let engine_config = std::fs::read(
-            engine
-                .data_root
-                .join("image/overlay2/imagedb/content/sha256")
-                .join(expected.id.hex()),
-        )
-        .unwrap();
+        let engine_config = engine.stored_config(&expected.id);
         assert!(
             image.config == engine_config,
             "{tag}: config differs from the engine's"
@@ -226,31 +220,10 @@ fn podman_loads_the_archive_with_the_same_ids() {
         "oe-test/load-pax:latest",
     ];
     export_to(&engine, &tags, &archive, &[]);
-    let storage = dir.path().to_str().unwrap();
+    // A private vfs store, through the same runner the containers-storage tests use.
+    let (root, run) = (dir.path().join("root"), dir.path().join("run"));
     let podman = |args: &[&str]| {
-        let out = Command::new("podman")
-            .args([
-                "--root",
-                &format!("{storage}/root"),
-                "--runroot",
-                &format!("{storage}/run"),
-            ])
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--events-backend",
-                "none",
-                "--cgroup-manager",
-                "cgroupfs",
-            ])
-            .args(args)
-            .output()
-            .expect("running podman");
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = harness::podman::podman(&root, &run, "vfs", args);
         String::from_utf8(out.stdout).unwrap()
     };
     podman(&["load", "-i", archive.to_str().unwrap()]);

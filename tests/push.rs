@@ -27,10 +27,9 @@ use harness::engine::{engine, Engine, Expected};
 use harness::fault_proxy::{base64_encode, Action, FaultProxy, Rule, Seen};
 use harness::pki;
 use harness::registry::{
-    skopeo_copy_to_oci, skopeo_inspect, skopeo_inspect_raw, tools_present, Config, Login,
-    RegistryServer, SkopeoAccess,
+    skopeo_copy_to_oci, skopeo_inspect, skopeo_inspect_raw, token_registry, tools_present, Config,
+    Login, RegistryServer, SkopeoAccess,
 };
-use harness::token_server::TokenServer;
 use harness::{skip, BIN};
 use oci_export::digest::Digest;
 use serde_json::Value;
@@ -350,13 +349,7 @@ fn assert_in_registry(
     assert_eq!(manifest["mediaType"], manifest_type);
     assert_eq!(manifest["config"]["mediaType"], config_type);
     assert_eq!(manifest["config"]["digest"], expected.id.to_string());
-    let engine_config = std::fs::read(
-        engine
-            .data_root
-            .join("image/overlay2/imagedb/content/sha256")
-            .join(expected.id.hex()),
-    )
-    .unwrap();
+    let engine_config = engine.stored_config(&expected.id);
     assert_eq!(manifest["config"]["size"], engine_config.len() as u64);
     let config = image
         .registry
@@ -892,22 +885,7 @@ fn bearer_tokens_from_a_token_server_even_when_one_expires_mid_push() {
     let home = Home::new();
     let pki_dir = home.path().join("pki");
     std::fs::create_dir(&pki_dir).unwrap();
-    let pki = pki::make(&pki_dir);
-    let tokens = TokenServer::start(
-        &pki.token_key,
-        &pki.token_cert,
-        USER,
-        PASSWORD,
-        REFRESH_TOKEN,
-    );
-    let realm = tokens.realm();
-    let registry = RegistryServer::start(&Config {
-        login: Login::Token {
-            realm: &realm,
-            signing_cert: &pki.token_cert,
-        },
-        ..Default::default()
-    });
+    let (tokens, registry) = token_registry(&pki_dir, USER, PASSWORD, REFRESH_TOKEN);
     let proxy = FaultProxy::start(&registry.addr, Vec::new());
     write_auths_for(&home.docker_config(), &[&registry.addr, proxy.addr()]);
     let access = SkopeoAccess {

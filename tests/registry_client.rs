@@ -13,8 +13,8 @@ use harness::docker_config;
 use harness::fault_proxy::{Action, FaultProxy, Rule, Seen};
 use harness::pki;
 use harness::registry::{
-    skopeo_copy_to_dir, skopeo_inspect_raw, tools_present, Config, Login, RegistryServer,
-    SkopeoAccess,
+    skopeo_copy_to_dir, skopeo_inspect_raw, token_registry, tools_present, Config, Login,
+    RegistryServer, SkopeoAccess,
 };
 use harness::token_server::TokenServer;
 use oci_export::digest::Digest;
@@ -437,23 +437,7 @@ fn a_manifest_stored_under_another_digest_is_an_error() {
 }
 
 fn token_setup(dir: &Path) -> (TokenServer, RegistryServer) {
-    let pki = pki::make(dir);
-    let tokens = TokenServer::start(
-        &pki.token_key,
-        &pki.token_cert,
-        USER,
-        PASSWORD,
-        REFRESH_TOKEN,
-    );
-    let realm = tokens.realm();
-    let registry = RegistryServer::start(&Config {
-        login: Login::Token {
-            realm: &realm,
-            signing_cert: &pki.token_cert,
-        },
-        ..Default::default()
-    });
-    (tokens, registry)
+    token_registry(dir, USER, PASSWORD, REFRESH_TOKEN)
 }
 
 #[test]

@@ -99,6 +99,17 @@ pub fn engine() -> Option<Engine> {
     })
 }
 
+impl Engine {
+    /// Image `id`'s config exactly as the engine stores it.
+    pub fn stored_config(&self, id: &Digest) -> Vec<u8> {
+        let path = self
+            .data_root
+            .join("image/overlay2/imagedb/content/sha256")
+            .join(id.hex());
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+}
+
 /// The Debian CLI (a newer `docker` earlier on PATH may lack what we need).
 pub fn docker(host: &str, args: &[&str]) -> Output {
     let out = Command::new("/usr/bin/docker")

@@ -268,6 +268,33 @@ extern "C" fn stop_shared_registries() {
     }
 }
 
+/// A registry whose `token` controller trusts a token server of our own (a fresh PKI in `dir`),
+/// which hands out tokens for `user`/`password` and the refresh token `refresh`.
+pub fn token_registry(
+    dir: &Path,
+    user: &str,
+    password: &str,
+    refresh: &str,
+) -> (super::token_server::TokenServer, RegistryServer) {
+    let pki = super::pki::make(dir);
+    let tokens = super::token_server::TokenServer::start(
+        &pki.token_key,
+        &pki.token_cert,
+        user,
+        password,
+        refresh,
+    );
+    let realm = tokens.realm();
+    let registry = RegistryServer::start(&Config {
+        login: Login::Token {
+            realm: &realm,
+            signing_cert: &pki.token_cert,
+        },
+        ..Default::default()
+    });
+    (tokens, registry)
+}
+
 impl Drop for RegistryServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -305,6 +305,41 @@ def layer_whiteouts_upper():
 # Image builders
 
 
+def crafted_archive(workdir, tag, layers, *, arch, os_name, author, history, gz_layers=()):
+    """Writes a docker-archive of our own into workdir/load.tar: manifest.json tagged `tag`, a
+    config with rootfs.diff_ids and one <hex>/layer.tar (or layer.tar.gz for the indexes in
+    gz_layers) per distinct layer, repeats sharing a file. Returns (path, diff_ids, image ID)."""
+    diff_ids = [sha256(layer) for layer in layers]
+    config = {
+        "architecture": arch,
+        "os": os_name,
+        "created": CREATED,
+        "author": author,
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                   "Cmd": ["/bin/sh"], "Labels": {"oe.test.case": tag}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": CREATED, "created_by": f"{history} {i}"}
+                    for i in range(len(layers))],
+    }
+    config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    image_id = sha256(config_bytes)
+    arc = Tar()
+    arc.file(image_id[7:] + ".json", config_bytes)
+    paths = []
+    for i, (layer, diff_id) in enumerate(zip(layers, diff_ids)):
+        path = diff_id[7:] + ("/layer.tar.gz" if i in gz_layers else "/layer.tar")
+        if path not in paths:
+            arc.dir(diff_id[7:])
+            arc.file(path, gzip.compress(layer, mtime=0) if i in gz_layers else layer)
+        paths.append(path)
+    manifest = [{"Config": image_id[7:] + ".json", "RepoTags": [tag], "Layers": paths}]
+    arc.file("manifest.json", json.dumps(manifest).encode())
+    archive = os.path.join(workdir, "load.tar")
+    with open(archive, "wb") as f:
+        f.write(arc.bytes())
+    return archive, diff_ids, image_id
+
+
 class Builder:
     def __init__(self, workdir, check_save):
         self.workdir = workdir
@@ -379,35 +414,9 @@ class Builder:
     def load(self, tag, layers, covers, *, gz_layers=(), save_may_fail=False):
         """docker load a docker-archive we write ourselves: manifest.json, a config with
         rootfs.diff_ids and one <hex>/layer.tar per distinct layer (repeats share a file)."""
-        diff_ids = [sha256(layer) for layer in layers]
-        hist = [{"created": CREATED, "created_by": f"oe-test crafted layer {i}"}
-                for i in range(len(layers))]
-        config = {
-            "architecture": self.arch,
-            "os": self.engine_os,
-            "created": CREATED,
-            "author": "oci-export tests",
-            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                       "Cmd": ["/bin/sh"], "Labels": {"oe.test.case": tag}},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": hist,
-        }
-        config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        image_id = sha256(config_bytes)
-        arc = Tar()
-        arc.file(image_id[7:] + ".json", config_bytes)
-        paths = []
-        for i, (layer, diff_id) in enumerate(zip(layers, diff_ids)):
-            path = diff_id[7:] + ("/layer.tar.gz" if i in gz_layers else "/layer.tar")
-            if path not in paths:
-                arc.dir(diff_id[7:])
-                arc.file(path, gzip.compress(layer, mtime=0) if i in gz_layers else layer)
-            paths.append(path)
-        manifest = [{"Config": image_id[7:] + ".json", "RepoTags": [tag], "Layers": paths}]
-        arc.file("manifest.json", json.dumps(manifest).encode())
-        archive = os.path.join(self.workdir, "load.tar")
-        with open(archive, "wb") as f:
-            f.write(arc.bytes())
+        archive, diff_ids, image_id = crafted_archive(
+            self.workdir, tag, layers, arch=self.arch, os_name=self.engine_os,
+            author="oci-export tests", history="oe-test crafted layer", gz_layers=gz_layers)
         docker("load", "-q", "-i", archive)
         os.unlink(archive)
         return self.record(tag, covers, expect_diff_ids=diff_ids, expect_id=image_id,

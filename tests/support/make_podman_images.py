@@ -118,34 +118,10 @@ class Podman:
         podman stores a short tag under localhost/."""
         if self.arch is None:
             self.arch = json.loads(self("info", "--format", "json"))["host"]["arch"]
-        diff_ids = [mi.sha256(layer) for layer in layers]
-        config = {
-            "architecture": self.arch,
-            "os": "linux",
-            "created": mi.CREATED,
-            "author": "oci-export containers-storage tests",
-            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                       "Cmd": ["/bin/sh"], "Labels": {"oe.test.case": short}},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": [{"created": mi.CREATED, "created_by": f"oe-cs crafted layer {i}"}
-                        for i in range(len(layers))],
-        }
-        config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        image_id = mi.sha256(config_bytes)
-        arc = mi.Tar()
-        arc.file(image_id[7:] + ".json", config_bytes)
-        paths = []
-        for i, (layer, diff_id) in enumerate(zip(layers, diff_ids)):
-            path = diff_id[7:] + ("/layer.tar.gz" if i in gz_layers else "/layer.tar")
-            if path not in paths:
-                arc.dir(diff_id[7:])
-                arc.file(path, gzip.compress(layer, mtime=0) if i in gz_layers else layer)
-            paths.append(path)
-        manifest = [{"Config": image_id[7:] + ".json", "RepoTags": [short], "Layers": paths}]
-        arc.file("manifest.json", json.dumps(manifest).encode())
-        archive = os.path.join(self.tmp, "load.tar")
-        with open(archive, "wb") as f:
-            f.write(arc.bytes())
+        archive, diff_ids, image_id = mi.crafted_archive(
+            self.tmp, short, layers, arch=self.arch, os_name="linux",
+            author="oci-export containers-storage tests", history="oe-cs crafted layer",
+            gz_layers=gz_layers)
         self("load", "-q", "-i", archive)
         os.unlink(archive)
         self.record(f"localhost/{short}", short, covers, expect_diff_ids=diff_ids,
