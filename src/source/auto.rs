@@ -36,22 +36,26 @@ use crate::model::Image;
 pub fn open(options: &SourceOptions) -> Result<Box<dyn ImageStore>> {
     let docker_root = data_root(options);
     let daemon_json = DaemonJson::system();
-    let containerd_roots = if daemon_json.containerd_snapshotter == Some(false) {
-        Vec::new()
+    let found = containerd::root::docker_roots(&docker_root, &daemon_json);
+    // With the snapshotter turned off in daemon.json Docker reads no containerd image store,
+    // and neither do we; the stores are still there, and no output may go under them.
+    let (read, unread) = if daemon_json.containerd_snapshotter == Some(false) {
+        (Vec::new(), found)
     } else {
-        containerd::root::docker_roots(&docker_root, &daemon_json)
+        (found, Vec::new())
     };
     open_in(
         options,
         &docker_root,
-        &containerd_roots,
+        &read,
+        &unread,
         daemon_json.containerd_snapshotter == Some(true),
         containers_storage(),
     )
 }
 
-/// [`open`] for a Docker data root, the containerd roots to consider (those that exist) and
-/// podman's store, if there is one.
+/// [`open`] for a Docker data root, the containerd roots to consider (those that exist), the
+/// store roots not read but still never written under, and podman's store, if there is one.
 ///
 /// A containerd whose namespace holds no images is left out: a dockerd on its graphdriver
 /// store runs its own containerd for containers only, and its empty image store would only add
@@ -61,6 +65,7 @@ fn open_in(
     options: &SourceOptions,
     docker_root: &Path,
     containerd_roots: &[PathBuf],
+    unread_roots: &[PathBuf],
     containerd_preferred: bool,
     podman: Option<Result<ContainersStorageStore, Unreadable>>,
 ) -> Result<Box<dyn ImageStore>> {
@@ -69,7 +74,7 @@ fn open_in(
     let mut unreadable: Vec<Unreadable> = Vec::new();
     // Every root found, for the stores' `roots()`: outputs may go under none of them.
     let mut forbidden: Vec<PathBuf> = vec![docker_root.to_path_buf()];
-    forbidden.extend(containerd_roots.iter().cloned());
+    forbidden.extend(containerd_roots.iter().chain(unread_roots).cloned());
     if overlay2::Overlay2Store::present(docker_root) {
         match overlay2::Overlay2Store::open(docker_root) {
             Ok(store) => stores.push(Box::new(store)),
